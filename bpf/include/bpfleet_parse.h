@@ -1,0 +1,106 @@
+/* Packet parsing shared by the XDP filter and the tc loggers.
+ * Every header access is bounds-checked right where it happens, so the verifier can follow
+ * it and a reader can see it; the parser never reads past data_end. */
+
+#define ETH_P_IP_BE 0x0008     /* htons(ETH_P_IP) */
+#define ETH_P_IPV6_BE 0xDD86   /* htons(ETH_P_IPV6) */
+#define ETH_P_8021Q_BE 0x0081  /* htons(ETH_P_8021Q) */
+#define ETH_P_8021AD_BE 0xA888 /* htons(ETH_P_8021AD) */
+#define VLAN_MAX_DEPTH 2
+#define IPV6_FRAG_OFFSET_MASK 0xFFF8
+
+struct vlan_hdr_t {
+    __be16 tci;
+    __be16 encapsulated_proto;
+};
+
+struct packet_info {
+    u16 vlan;
+    u16 eth_proto;  /* network order */
+    u8 ip_ver;
+    u8 proto;
+    u8 ttl;
+    u8 tcp_flags;
+    u16 src_port;   /* host order */
+    u16 dst_port;
+    u8 src_ip[16];
+    u8 dst_ip[16];
+    u8 src_mac[6];
+    u8 dst_mac[6];
+};
+
+/* Ports of a later IPv4 fragment are not in the packet: report them as 0 rather than
+ * reading payload bytes as a port. IPv6 extension headers are not walked; `proto` is then
+ * the first next-header value (documented in docs/policy.md). */
+static __always_inline int parse_l4(void *l4, void *data_end, u8 proto, struct packet_info *pkt)
+{
+    if (proto == IPPROTO_TCP) {
+        struct tcphdr *tcp = l4;
+        if ((void *)(tcp + 1) > data_end)
+            return 0;
+        pkt->src_port = bpf_ntohs(tcp->source);
+        pkt->dst_port = bpf_ntohs(tcp->dest);
+        pkt->tcp_flags = ((u8 *)tcp)[13];
+    } else if (proto == IPPROTO_UDP) {
+        struct udphdr *udp = l4;
+        if ((void *)(udp + 1) > data_end)
+            return 0;
+        pkt->src_port = bpf_ntohs(udp->source);
+        pkt->dst_port = bpf_ntohs(udp->dest);
+    }
+    return 0;
+}
+
+/* Returns 0 for a parsed IP packet, 1 for a non-IP frame, -1 for a truncated frame. */
+static __always_inline int parse_packet(void *data, void *data_end, struct packet_info *pkt)
+{
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end)
+        return -1;
+    __builtin_memcpy(pkt->dst_mac, eth->h_dest, 6);
+    __builtin_memcpy(pkt->src_mac, eth->h_source, 6);
+
+    void *cursor = eth + 1;
+    __be16 proto = eth->h_proto;
+#pragma unroll
+    for (int depth = 0; depth < VLAN_MAX_DEPTH; depth++) {
+        if (proto != ETH_P_8021Q_BE && proto != ETH_P_8021AD_BE)
+            break;
+        struct vlan_hdr_t *vlan = cursor;
+        if ((void *)(vlan + 1) > data_end)
+            return -1;
+        if (!pkt->vlan)
+            pkt->vlan = bpf_ntohs(vlan->tci) & 0x0fff;
+        proto = vlan->encapsulated_proto;
+        cursor = vlan + 1;
+    }
+    pkt->eth_proto = proto;
+
+    if (proto == ETH_P_IP_BE) {
+        struct iphdr *ip = cursor;
+        if ((void *)(ip + 1) > data_end)
+            return -1;
+        if (ip->ihl < 5)
+            return -1;
+        pkt->ip_ver = 4;
+        pkt->proto = ip->protocol;
+        pkt->ttl = ip->ttl;
+        __builtin_memcpy(pkt->src_ip, &ip->saddr, 4);
+        __builtin_memcpy(pkt->dst_ip, &ip->daddr, 4);
+        if (ip->frag_off & bpf_htons(0x1FFF))
+            return 0; /* not the first fragment: no L4 header here */
+        return parse_l4((u8 *)ip + ip->ihl * 4, data_end, ip->protocol, pkt);
+    }
+    if (proto == ETH_P_IPV6_BE) {
+        struct ipv6hdr *ip6 = cursor;
+        if ((void *)(ip6 + 1) > data_end)
+            return -1;
+        pkt->ip_ver = 6;
+        pkt->proto = ip6->nexthdr;
+        pkt->ttl = ip6->hop_limit;
+        __builtin_memcpy(pkt->src_ip, &ip6->saddr, 16);
+        __builtin_memcpy(pkt->dst_ip, &ip6->daddr, 16);
+        return parse_l4(ip6 + 1, data_end, ip6->nexthdr, pkt);
+    }
+    return 1;
+}

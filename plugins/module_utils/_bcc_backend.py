@@ -1,0 +1,110 @@
+# Copyright (c) bpfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Compile, verify and pin programs with BCC.
+
+BCC comes from the distribution (`python3-bpfcc`) and is importable only from the system
+Python, so the import is guarded and the module respawns itself there when needed.
+BCC writes compiler and verifier diagnostics to file descriptor 2 from C code; we capture
+that descriptor around the compile and load so the task fails with the real message.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import tempfile
+import traceback
+
+try:
+    from bcc import BPF, libbcc  # noqa: F401
+
+    HAS_BCC = True
+    BCC_IMPORT_ERROR = None
+except ImportError:
+    HAS_BCC = False
+    BCC_IMPORT_ERROR = traceback.format_exc()
+
+BCC_PACKAGE = "python3-bpfcc"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+# Keep the last part of a long verifier log: the reason for a rejection is at its end.
+MAX_LOG_CHARS = 8000
+
+
+class CompileError(Exception):
+    def __init__(self, stage, message, log):
+        self.stage = stage
+        self.log = log
+        super(CompileError, self).__init__("%s failed: %s" % (stage, message))
+
+
+class _CapturedStderr:
+    """Redirect fd 2 into a temporary file for the duration of a with-block."""
+
+    def __enter__(self):
+        self._file = tempfile.TemporaryFile(mode="w+b")
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        text = self._file.read().decode("utf-8", "replace")
+        self._file.close()
+        self.text = text[-MAX_LOG_CHARS:]
+        return False
+
+
+def _program_type(hook):
+    return BPF.XDP if hook == "xdp" else BPF.SCHED_CLS
+
+
+def compile_and_pin(source, programs, pin_dir, suffix):
+    """Compile the source, load each program through the verifier, and pin it as <pin><suffix>.
+
+    The maps are BPF_TABLE_PINNED: BCC reuses the pinned ones (keeping counters and list
+    entries) and creates and pins missing ones. Returns {pin name: pinned path}.
+    Nothing is attached here, so a failure leaves the running programs untouched.
+    """
+    capture = _CapturedStderr()
+    with capture:
+        try:
+            bpf = BPF(text=source)
+        except Exception as exc:  # BCC raises a bare Exception on compile errors
+            compile_exc = exc
+        else:
+            compile_exc = None
+    if compile_exc is not None:
+        raise CompileError("compile", str(compile_exc), capture.text)
+
+    pinned = {}
+    try:
+        for program in programs:
+            capture = _CapturedStderr()
+            with capture:
+                try:
+                    function = bpf.load_func(program["function"], _program_type(program["hook"]))
+                except Exception as exc:
+                    load_exc = exc
+                else:
+                    load_exc = None
+            if load_exc is not None:
+                raise CompileError("verifier (%s)" % program["function"], str(load_exc), capture.text)
+            path = os.path.join(pin_dir, program["pin"] + suffix)
+            if os.path.exists(path):
+                os.unlink(path)
+            rc = libbcc.lib.bpf_obj_pin(function.fd, path.encode("utf-8"))
+            if rc != 0:
+                raise CompileError("pin", "could not pin %s at %s (rc=%d)" % (program["function"], path, rc), "")
+            pinned[program["pin"]] = path
+    except Exception:
+        for path in pinned.values():
+            if os.path.exists(path):
+                os.unlink(path)
+        raise
+    finally:
+        bpf.cleanup()
+    return pinned

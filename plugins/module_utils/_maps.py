@@ -1,0 +1,132 @@
+# Copyright (c) bpfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Map contents: encoding of list entries, live reads, deltas, counters.
+
+List maps are changed by delta only (entries added and entries removed). Rebuilding a trie
+of a million prefixes would free and reallocate every node, and counters in other maps must
+not notice a list edit at all.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ipaddress
+import os
+import struct
+
+from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
+
+_U32 = struct.Struct("<I")
+_COUNTER = struct.Struct("<QQ")
+
+# Slots of the `stats` per-CPU array (bpf/include/bpfleet_record.h).
+STAT_SLOTS = ("xdp_seen", "xdp_passed", "xdp_dropped", "records_emitted", "records_lost",
+              "tc_ingress_seen", "tc_egress_seen")
+
+LIST_MAPS = ("deny_v4", "deny_v6", "allow_v4", "allow_v6")
+
+
+def encode_lpm_key(cidr):
+    """struct lpm_v4_key / lpm_v6_key: u32 prefix length (host order) + address bytes."""
+    network = ipaddress.ip_network(cidr, strict=True)
+    return _U32.pack(network.prefixlen) + network.network_address.packed
+
+
+def decode_lpm_key(key):
+    prefixlen = _U32.unpack_from(key)[0]
+    address = ipaddress.ip_address(bytes(key[4:]))
+    return "%s/%d" % (address, prefixlen)
+
+
+def encode_value(rule_id):
+    return _U32.pack(rule_id)
+
+
+def desired_entries(entries):
+    """[[cidr, rule id], ...] -> {key bytes: value bytes}."""
+    return dict((encode_lpm_key(cidr), encode_value(rule_id)) for cidr, rule_id in entries)
+
+
+def live_entries(fd, key_size, value_size=4):
+    entries = {}
+    for key in bpf.map_keys(fd, key_size):
+        value = bpf.map_lookup(fd, key, value_size)
+        if value is not None:
+            entries[bytes(key)] = bytes(value)
+    return entries
+
+
+def delta(live, desired):
+    """(to_upsert, to_delete): entries missing or with another value, and entries not wanted."""
+    upsert = dict((k, v) for k, v in desired.items() if live.get(k) != v)
+    remove = [k for k in live if k not in desired]
+    return upsert, remove
+
+
+def apply_delta(fd, upsert, remove):
+    if upsert:
+        keys = list(upsert)
+        bpf.map_update_batch(fd, keys, [upsert[k] for k in keys])
+    if remove:
+        bpf.map_delete_batch(fd, remove)
+
+
+def describe_delta(map_name, upsert, remove, limit=5):
+    """A short human summary for diffs and results: counts plus the first few entries."""
+    added = sorted(decode_lpm_key(k) for k in upsert)
+    removed = sorted(decode_lpm_key(k) for k in remove)
+    return {
+        "map": map_name,
+        "added": len(added),
+        "removed": len(removed),
+        "added_sample": added[:limit],
+        "removed_sample": removed[:limit],
+    }
+
+
+def open_pinned(path):
+    try:
+        return bpf.obj_get(path)
+    except OSError:
+        return None
+
+
+def sum_percpu_counters(fd, slot):
+    packets = byte_count = 0
+    for value in bpf.percpu_lookup(fd, _U32.pack(slot), _COUNTER.size):
+        p, b = _COUNTER.unpack_from(value)
+        packets += p
+        byte_count += b
+    return packets, byte_count
+
+
+def read_counters(name, rules):
+    """Live counters from the pinned per-CPU maps of a policy; None when not pinned."""
+    stats_fd = open_pinned(paths.map_pin(name, "stats"))
+    if stats_fd is None:
+        return None
+    try:
+        counters = {}
+        for slot, label in enumerate(STAT_SLOTS):
+            packets, byte_count = sum_percpu_counters(stats_fd, slot)
+            counters[label] = packets
+            if label in ("xdp_seen", "xdp_passed", "xdp_dropped"):
+                counters[label + "_bytes"] = byte_count
+    finally:
+        os.close(stats_fd)
+    rule_counters = {}
+    rules_fd = open_pinned(paths.map_pin(name, "rule_stats"))
+    if rules_fd is not None:
+        try:
+            for rule_id, rule_name in sorted(rules.items(), key=lambda item: int(item[0])):
+                packets, byte_count = sum_percpu_counters(rules_fd, int(rule_id))
+                rule_counters[rule_name] = {"packets": packets, "bytes": byte_count}
+        finally:
+            os.close(rules_fd)
+    counters["packets_seen"] = counters["xdp_seen"]
+    counters["passed"] = counters["xdp_passed"]
+    counters["dropped"] = counters["xdp_dropped"]
+    counters["rules"] = rule_counters
+    return counters

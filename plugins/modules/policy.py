@@ -1,0 +1,272 @@
+#!/usr/bin/python
+# Copyright (c) bpfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: policy
+short_description: Compile, attach and fill an eBPF packet policy on a host
+version_added: 0.1.0
+description:
+  - Applies a bpfleet policy to a Linux host. The action plugin of the same name validates the policy on the
+    controller and renders the eBPF C program from the templates in the collection's C(bpf/) directory; this
+    module then compiles and verifies it with BCC on the host, pins programs and maps under
+    C(/sys/fs/bpf/bpfleet/<name>/), attaches the XDP filter and the tc clsact loggers, and updates the list maps
+    by delta.
+  - Idempotent by digest and by live state. When the rendered source digest matches the recorded one, the pinned
+    programs are the attached ones and the list maps hold exactly the desired entries, nothing compiles and the
+    task reports C(changed=false).
+  - A list-only change (for example one more prefix in C(filter.deny)) updates the maps without compiling.
+  - A new program version is compiled and verified while the old one keeps running, then replaces it atomically.
+    A compile or verifier error fails the task with the compiler or verifier output and leaves the previous
+    program attached.
+  - An XDP program that bpfleet did not attach is never replaced unless O(force=true).
+  - The policy format is described in the collection's C(docs/policy.md).
+author:
+  - bpfleet contributors
+extends_documentation_fragment:
+  - bpfleet.core._attributes
+attributes:
+  check_mode:
+    support: full
+    details: Check mode compares the rendered policy with the live kernel state and reports what would change,
+      without compiling or touching the host.
+  diff_mode:
+    support: full
+    details: The diff shows the change of the rendered C program and a summary of the map entries added and removed.
+  idempotent:
+    support: full
+options:
+  src:
+    description:
+      - Path to a policy YAML file on the controller. Relative paths are searched like the C(src) of
+        M(ansible.builtin.copy) (role C(files/), playbook directory).
+      - Mutually exclusive with O(policy).
+    type: path
+  policy:
+    description:
+      - The policy as a dictionary. Mutually exclusive with O(src).
+    type: dict
+  name:
+    description:
+      - Name of the policy to remove. Only used with O(state=absent) when neither O(src) nor O(policy) is given.
+    type: str
+  state:
+    description:
+      - V(present) applies the policy, V(absent) detaches it and removes its pins and records.
+      - V(rendered) validates and renders the policy on the controller and returns the C source, the map contents
+        summary and both digests without contacting the host (for the CI of a policy repository).
+    type: str
+    choices: [present, absent, rendered]
+    default: present
+  force:
+    description:
+      - Replace an XDP program that bpfleet did not attach.
+    type: bool
+    default: false
+  rendered:
+    description:
+      - Internal. Set by the action plugin from O(src) or O(policy); do not set it yourself.
+    type: dict
+requirements:
+  - On the host, BCC's Python bindings for the system Python (Debian/Ubuntu package C(python3-bpfcc)) and kernel
+    headers (the M(bpfleet.core.host) role installs both).
+  - iproute2 (C(ip), C(tc)) on the host.
+seealso:
+  - module: bpfleet.core.bpfleet_facts
+"""
+
+EXAMPLES = r"""
+- name: Apply the edge policy from a file
+  bpfleet.core.policy:
+    src: policies/edge-web.yml
+
+- name: Apply an inline policy
+  bpfleet.core.policy:
+    policy:
+      name: edge-web
+      interfaces: [eth0]
+      filter:
+        deny: [203.0.113.0/24]
+      log:
+        fields: [src_ip, dst_ip, proto, src_port, dst_port, action]
+
+- name: Render only, for review in a pull request
+  bpfleet.core.policy:
+    src: policies/edge-web.yml
+    state: rendered
+  delegate_to: localhost
+  register: rendered
+
+- name: Remove the policy
+  bpfleet.core.policy:
+    name: edge-web
+    state: absent
+"""
+
+RETURN = r"""
+policy:
+  description: Name and digests of the policy.
+  returned: always
+  type: dict
+  contains:
+    name:
+      description: Policy name.
+      type: str
+      sample: edge-web
+    source_digest:
+      description: sha256 of the rendered C source.
+      type: str
+      sample: sha256:2ae01b08...
+    maps_digest:
+      description: sha256 of the canonical list map contents.
+      type: str
+      sample: sha256:14ddfa6e...
+compiled:
+  description: Whether a compile happened (or, in check mode, would happen).
+  returned: when O(state=present)
+  type: bool
+plan:
+  description: Human-readable steps that were taken (or, in check mode, would be taken).
+  returned: when O(state=present)
+  type: list
+  elements: str
+  sample: ["compile and load: policy not applied on this host yet", "attach XDP on eth0: new program version"]
+commands:
+  description: The state-changing C(ip) and C(tc) commands run (or, in check mode, that would run).
+  returned: always
+  type: list
+  elements: str
+map_changes:
+  description: Per list map, the number of entries added and removed, with the first few of each.
+  returned: when O(state=present)
+  type: list
+  elements: dict
+attachments:
+  description: XDP attach mode per interface after the run.
+  returned: when O(state=present) and not in check mode
+  type: dict
+  sample: {"eth0": "native"}
+source:
+  description: The rendered C source.
+  returned: when O(state=rendered)
+  type: str
+warnings_policy:
+  description: Non-fatal findings of the policy validation (duplicates, risky defaults).
+  returned: when the action plugin found any
+  type: list
+  elements: str
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.common.respawn import has_respawned, probe_interpreters_for_module, respawn_module
+
+from ansible_collections.bpfleet.core.plugins.module_utils import _apply, _bcc_backend, _maps
+from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
+from ansible_collections.bpfleet.core.plugins.module_utils._runner import CommandError, CommandRunner
+
+
+def _ensure_bcc(module):
+    """BCC lives in the system Python: respawn there if this interpreter lacks it."""
+    if _bcc_backend.HAS_BCC:
+        return
+    if not has_respawned():
+        interpreter = probe_interpreters_for_module([_bcc_backend.SYSTEM_PYTHON], "bcc")
+        if interpreter:
+            respawn_module(interpreter)
+    module.fail_json(msg=missing_required_lib("bcc (package %s)" % _bcc_backend.BCC_PACKAGE),
+                     exception=_bcc_backend.BCC_IMPORT_ERROR)
+
+
+def _diff(name, rendered, plan):
+    diffs = [{
+        "before_header": "%s (applied)" % paths.program_file(name),
+        "after_header": "%s (rendered)" % paths.program_file(name),
+        "before": paths.read_text(paths.program_file(name)) or "",
+        "after": rendered["source"],
+    }]
+    before_lines, after_lines = [], []
+    for map_name, (upsert, remove) in sorted(plan.map_deltas.items()):
+        for key in sorted(remove):
+            before_lines.append("%s %s\n" % (map_name, _maps.decode_lpm_key(key)))
+        for key in sorted(upsert):
+            after_lines.append("%s %s\n" % (map_name, _maps.decode_lpm_key(key)))
+    if before_lines or after_lines:
+        diffs.append({"before_header": "map entries removed", "after_header": "map entries added",
+                      "before": "".join(before_lines), "after": "".join(after_lines)})
+    return diffs
+
+
+def _present(module, runner, rendered):
+    host = _apply.PolicyHost(runner, rendered, force=module.params["force"])
+    plan = host.plan()
+    result = {
+        "changed": plan.changed,
+        "compiled": plan.compile,
+        "plan": plan.summary(),
+        "map_changes": [_maps.describe_delta(n, u, r) for n, (u, r) in sorted(plan.map_deltas.items()) if u or r],
+        "policy": {"name": rendered["name"], "source_digest": rendered["source_digest"],
+                   "maps_digest": rendered["maps_digest"]},
+    }
+    if module._diff and plan.changed:
+        result["diff"] = _diff(rendered["name"], rendered, plan)
+    if plan.changed and not module.check_mode:
+        if plan.compile:
+            _ensure_bcc(module)
+        document = host.apply(plan, _bcc_backend.compile_and_pin)
+        result["attachments"] = document.get("attach_modes", {})
+    elif not module.check_mode:
+        result["attachments"] = (host.state or {}).get("attach_modes", {})
+    result["commands"] = runner.commands
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            src=dict(type="path"),
+            policy=dict(type="dict"),
+            name=dict(type="str"),
+            state=dict(type="str", default="present", choices=["present", "absent", "rendered"]),
+            force=dict(type="bool", default=False),
+            rendered=dict(type="dict"),
+        ),
+        supports_check_mode=True,
+    )
+    state = module.params["state"]
+    rendered = module.params["rendered"]
+    if state == "rendered":
+        module.fail_json(msg="state=rendered is handled on the controller by the action plugin")
+    if state == "present" and not rendered:
+        module.fail_json(msg="no rendered policy: call bpfleet.core.policy with src or policy (the action plugin "
+                             "renders it); the module cannot be used without its action plugin")
+    runner = CommandRunner(module)
+    try:
+        if state == "absent":
+            name = (rendered or {}).get("name") or module.params["name"]
+            if not name:
+                module.fail_json(msg="state=absent needs name, src or policy")
+            host = _apply.PolicyHost(runner, {"name": name, "programs": [], "interfaces": []})
+            changed = host.remove()
+            module.exit_json(changed=changed, commands=runner.commands, policy={"name": name})
+        result = _present(module, runner, rendered)
+    except _bcc_backend.CompileError as exc:
+        module.fail_json(msg="%s; the previous program stays attached" % exc, stage=exc.stage, log=exc.log,
+                         commands=runner.commands)
+    except _apply.PolicyFailure as exc:
+        module.fail_json(msg=str(exc), commands=runner.commands, **exc.details)
+    except CommandError as exc:
+        module.fail_json(msg=str(exc), rc=exc.rc, stdout=exc.out, stderr=exc.err, commands=runner.commands)
+    except OSError as exc:
+        module.fail_json(msg="host operation failed: %s" % exc, exception=traceback.format_exc(),
+                         commands=runner.commands)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+# Copyright (c) bpfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Render a validated policy into the C program and the map manifest (controller side).
+
+The output is everything the host needs and nothing it has to compute: the C text, the
+maps it expects (shape and desired content) and the digests that make a re-run a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import jinja2
+
+from ansible_collections.bpfleet.core.plugins.module_utils import _policy
+
+GENERATOR_VERSION = "0.1.0"
+BPF_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "bpf"))
+PIN_ROOT = "/sys/fs/bpf/bpfleet"
+RINGBUF_BYTES = 4 * 1024 * 1024
+
+# Kernel map types (uapi/linux/bpf.h enum bpf_map_type).
+MAP_TYPE_PERCPU_ARRAY = 6
+MAP_TYPE_LPM_TRIE = 11
+MAP_TYPE_RINGBUF = 27
+LPM_V4_KEY_SIZE = 8   # u32 prefixlen + 4 address bytes
+LPM_V6_KEY_SIZE = 20  # u32 prefixlen + 16 address bytes
+COUNTER_SIZE = 16     # struct counter {u64 packets; u64 bytes;}
+STATS_SLOTS = 8
+RULE_SLOTS = 64
+
+
+def map_manifest():
+    """The maps every program of this generator pins, with the shape the host must verify."""
+    return [
+        {"name": "deny_v4", "type": MAP_TYPE_LPM_TRIE, "key_size": LPM_V4_KEY_SIZE, "value_size": 4,
+         "max_entries": _policy.DENY_V4_MAX},
+        {"name": "deny_v6", "type": MAP_TYPE_LPM_TRIE, "key_size": LPM_V6_KEY_SIZE, "value_size": 4,
+         "max_entries": _policy.DENY_V6_MAX},
+        {"name": "allow_v4", "type": MAP_TYPE_LPM_TRIE, "key_size": LPM_V4_KEY_SIZE, "value_size": 4,
+         "max_entries": _policy.ALLOW_V4_MAX},
+        {"name": "allow_v6", "type": MAP_TYPE_LPM_TRIE, "key_size": LPM_V6_KEY_SIZE, "value_size": 4,
+         "max_entries": _policy.ALLOW_V6_MAX},
+        {"name": "stats", "type": MAP_TYPE_PERCPU_ARRAY, "key_size": 4, "value_size": COUNTER_SIZE,
+         "max_entries": STATS_SLOTS},
+        {"name": "rule_stats", "type": MAP_TYPE_PERCPU_ARRAY, "key_size": 4, "value_size": COUNTER_SIZE,
+         "max_entries": RULE_SLOTS},
+        {"name": "events", "type": MAP_TYPE_RINGBUF, "key_size": 0, "value_size": 0,
+         "max_entries": RINGBUF_BYTES},
+    ]
+
+
+def program_manifest(model):
+    """Programs to load and where they attach; loggers exist only for logged directions."""
+    # Function names become kernel program names (15 characters at most); the `bpfleet_`
+    # prefix is how a host tells its own attachments from foreign ones.
+    programs = [{"function": "bpfleet_xdp", "hook": "xdp", "pin": "prog_xdp"}]
+    log = model["log"]
+    if log["enabled"]:
+        for direction in log["directions"]:
+            programs.append({"function": "bpfleet_" + direction, "hook": "tc-" + direction,
+                             "pin": "prog_tc_" + direction})
+    return programs
+
+
+def _environment():
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(BPF_DIR),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    return env
+
+
+def render(model):
+    """Return the rendered program and its manifest for a validated policy model."""
+    env = _environment()
+    template = env.get_template("bpfleet.c.j2")
+    source = template.render(
+        policy=model,
+        generator_version=GENERATOR_VERSION,
+        pin_dir="%s/%s" % (PIN_ROOT, model["name"]),
+        ringbuf_bytes=RINGBUF_BYTES,
+        maps=map_manifest(),
+    )
+    contents = _policy.map_contents(model)
+    return {
+        "name": model["name"],
+        "source": source,
+        "source_digest": "sha256:" + hashlib.sha256(source.encode("utf-8")).hexdigest(),
+        "map_contents": contents,
+        "maps_digest": _policy.digest_of(contents),
+        "maps": map_manifest(),
+        "programs": program_manifest(model),
+        "rules": _policy.rule_names(),
+        "interfaces": model["interfaces"],
+        "xdp_mode": model["xdp_mode"],
+        "log": {
+            "enabled": model["log"]["enabled"],
+            "fields": model["log"]["fields"],
+            "directions": model["log"]["directions"],
+            "sample": model["log"]["sample"],
+            "file": model["log"]["file"],
+        },
+    }
