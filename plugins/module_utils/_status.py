@@ -1,0 +1,176 @@
+# Copyright (c) bpfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Live status of bpfleet on a host, for the facts module (docs/facts.md).
+
+Everything is read from the kernel and the agent's files at call time; nothing is cached.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import platform
+import time
+
+from ansible_collections.bpfleet.core.plugins.module_utils import _attach as attach
+from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
+from ansible_collections.bpfleet.core.plugins.module_utils import _maps as maps
+
+# The agent rewrites its status about once a second; older than this means it is stuck.
+AGENT_STATUS_STALE_S = 15
+
+
+def kernel_status():
+    release = platform.release()
+    build = "/lib/modules/%s/build" % release
+    headers = {"path": build, "target": None, "kind": "missing"}
+    if os.path.exists(build):
+        target = os.path.realpath(build)
+        headers["target"] = target
+        # Debian's exact package installs /usr/src/linux-headers-<release>; anything else
+        # (the role's fallback to the distribution's generic headers) is reported as such.
+        headers["kind"] = "exact" if os.path.basename(target) == "linux-headers-%s" % release else "fallback"
+        if headers["kind"] == "fallback":
+            headers["version"] = os.path.basename(target).replace("linux-headers-", "")
+    return {
+        "release": release,
+        "btf": os.path.exists("/sys/kernel/btf/vmlinux"),
+        "bpffs": paths.bpffs_mounted(),
+        "headers": headers,
+    }
+
+
+def _pid_alive(pid):
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def agent_status():
+    status = paths.read_json(paths.AGENT_STATUS) or {}
+    pidfile = paths.read_text(paths.AGENT_PIDFILE)
+    supervisor_pid = int(pidfile.strip()) if pidfile and pidfile.strip().isdigit() else None
+    worker_pid = status.get("pid")
+    updated = status.get("updated_at_unix")
+    age = round(time.time() - updated, 1) if isinstance(updated, (int, float)) else None
+    running = _pid_alive(worker_pid) and (age is None or age < AGENT_STATUS_STALE_S)
+    return {
+        "running": bool(running),
+        "pid": worker_pid if running else None,
+        "supervisor_pid": supervisor_pid if _pid_alive(supervisor_pid) else None,
+        "version": status.get("version"),
+        "started_at": status.get("started_at"),
+        "status_age_s": age,
+        "records_malformed": status.get("records_malformed", 0),
+    }
+
+
+def _prog_identity(name, pin):
+    try:
+        with bpf.open_pinned(paths.prog_pin(name, pin)) as fd:
+            info = bpf.prog_info(fd)
+            return {"id": info["id"], "tag": info["tag"]}
+    except OSError:
+        return None
+
+
+def attachments(runner, name, state):
+    """Each expected attachment with what the kernel has; `ok` false means drift."""
+    result = []
+    drift = []
+    programs = dict((p["hook"], p) for p in state.get("programs", []))
+    modes = state.get("attach_modes") or {}
+    for iface in state.get("interfaces", []):
+        for hook, program in sorted(programs.items()):
+            expected = _prog_identity(name, program["pin"])
+            entry = {"iface": iface, "hook": hook, "pin": paths.prog_pin(name, program["pin"]),
+                     "expected_prog_id": expected["id"] if expected else None}
+            try:
+                if hook == "xdp":
+                    live = attach.xdp_attachment(runner, iface)
+                else:
+                    live = attach.tc_attachment(runner, iface, hook[len("tc-"):])
+            except attach.InterfaceMissing:
+                live = None
+                entry["error"] = "interface missing"
+            entry["attached"] = live is not None
+            entry["prog_id"] = live["prog_id"] if live else None
+            entry["tag"] = live["tag"] if live else None
+            entry["prog_name"] = live["name"] if live else None
+            if hook == "xdp":
+                entry["mode"] = live["mode"] if live else None
+                entry["expected_mode"] = modes.get(iface)
+            entry["ok"] = bool(live and expected and live["prog_id"] == expected["id"])
+            if not entry["ok"]:
+                if not expected:
+                    drift.append("%s: pinned program %s is missing" % (iface, program["pin"]))
+                elif not live:
+                    drift.append("%s: %s program is not attached" % (iface, hook))
+                else:
+                    drift.append("%s: %s has program %s (%s), expected %s" % (
+                        iface, hook, live["prog_id"], live["name"], expected["id"]))
+            result.append(entry)
+    return result, drift
+
+
+def log_status(state, agent):
+    log = state.get("log") or {}
+    path = log.get("file")
+    entry = {"enabled": bool(log.get("enabled")), "path": path, "fields": log.get("fields", []),
+             "records_written": 0, "bytes_written": 0, "records_lost_user": 0, "last_record_time": None,
+             "file_bytes": None}
+    per_policy = (agent.get("_raw_policies") or {}).get(state.get("name")) or {}
+    for key in ("records_written", "bytes_written", "records_lost_user", "last_record_time"):
+        if key in per_policy:
+            entry[key] = per_policy[key]
+    if path:
+        try:
+            entry["file_bytes"] = os.stat(path).st_size
+        except OSError:
+            entry["file_bytes"] = None
+    return entry
+
+
+def gather(runner, only=None):
+    agent = agent_status()
+    raw_status = paths.read_json(paths.AGENT_STATUS) or {}
+    agent_with_raw = dict(agent, _raw_policies=raw_status.get("policies") or {})
+    policies = {}
+    for name in paths.applied_policies():
+        if only and name != only:
+            continue
+        state = paths.read_json(paths.state_file(name)) or {}
+        attached, drift = attachments(runner, name, state)
+        counters = maps.read_counters(name, state.get("rules") or {})
+        log = log_status(state, agent_with_raw)
+        if counters is not None:
+            log["records_emitted"] = counters["records_emitted"]
+            log["records_lost_kernel"] = counters["records_lost"]
+        log["records_lost"] = (log.get("records_lost_kernel") or 0) + (log.get("records_lost_user") or 0)
+        policies[name] = {
+            "policy": {
+                "name": name,
+                "source_digest": state.get("source_digest"),
+                "maps_digest": state.get("maps_digest"),
+                "applied_at": state.get("applied_at"),
+                "interfaces": state.get("interfaces", []),
+                "xdp_mode": state.get("xdp_mode"),
+            },
+            "attachments": attached,
+            "drift": drift,
+            "healthy": not drift,
+            "counters": counters,
+            "log": log,
+        }
+    return {
+        "kernel": kernel_status(),
+        "agent": agent,
+        "policies": policies,
+        "policy_names": sorted(policies),
+    }

@@ -1,0 +1,97 @@
+#!/usr/bin/python
+# Copyright (c) bpfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: bpfleet_facts
+short_description: Report bpfleet filter and header-log status as facts
+version_added: 0.1.0
+description:
+  - Reads the live state of bpfleet on a host and returns it as C(ansible_facts.bpfleet).
+  - Attachments come from the kernel (C(ip -d -j link), C(tc -j filter)), counters from the pinned per-CPU maps,
+    log statistics from the agent's status file. Nothing is cached, so the facts show drift (a program detached or
+    replaced behind bpfleet's back) as it is.
+  - Needs neither BCC nor kernel headers; it talks to the kernel with plain C(bpf(2)) calls.
+  - The fields are described in the collection's C(docs/facts.md).
+author:
+  - bpfleet contributors
+extends_documentation_fragment:
+  - bpfleet.core._attributes
+  - bpfleet.core._attributes.facts
+  - bpfleet.core._attributes.facts_module
+options:
+  name:
+    description:
+      - Report only this policy. By default every policy applied on the host is reported.
+    type: str
+requirements:
+  - iproute2 (C(ip), C(tc)) on the host.
+seealso:
+  - module: bpfleet.core.policy
+"""
+
+EXAMPLES = r"""
+- name: Gather bpfleet facts
+  bpfleet.core.bpfleet_facts:
+
+- name: Show dropped packets of the edge policy
+  ansible.builtin.debug:
+    msg: "{{ ansible_facts.bpfleet.policies['edge-web'].counters.dropped }}"
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts added under C(bpfleet).
+  returned: always
+  type: dict
+  contains:
+    bpfleet:
+      description: bpfleet status of the host.
+      returned: always
+      type: dict
+      contains:
+        kernel:
+          description: Kernel release, BTF and bpffs presence, and which headers BCC uses
+            (C(kind) is V(exact), V(fallback) or V(missing)).
+          type: dict
+          sample: {"release": "6.18.44", "btf": true, "bpffs": true,
+                   "headers": {"kind": "fallback", "path": "/lib/modules/6.18.44/build",
+                               "target": "/usr/src/linux-headers-6.1.0-56-amd64", "version": "6.1.0-56-amd64"}}
+        agent:
+          description: Whether C(bpfleet-agent) runs, its pid and version, and the age of its status file.
+          type: dict
+          sample: {"running": true, "pid": 1234, "version": "0.1.0", "status_age_s": 0.4}
+        policy_names:
+          description: Names of the policies applied on the host.
+          type: list
+          elements: str
+        policies:
+          description:
+            - Per policy name, C(policy) (name, digests, applied_at), C(attachments) (iface, hook, mode, prog_id,
+              tag, expected_prog_id, ok), C(drift) (list of problems, empty when healthy), C(healthy),
+              C(counters) (packets_seen, passed, dropped, records_emitted, records_lost, rules per rule name with
+              packets and bytes) and C(log) (path, records_written, bytes_written, records_lost, last_record_time).
+          type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.bpfleet.core.plugins.module_utils import _status
+from ansible_collections.bpfleet.core.plugins.module_utils._runner import CommandRunner
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(name=dict(type="str")),
+        supports_check_mode=True,
+    )
+    facts = _status.gather(CommandRunner(module), only=module.params["name"])
+    module.exit_json(changed=False, ansible_facts={"bpfleet": facts})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Policy validation: every error names the source and the path, and all errors are reported."""
+
+import pytest
+
+from ansible_collections.bpfleet.core.plugins.module_utils import _policy
+
+MINIMAL = {"name": "edge-web", "interfaces": ["eth0"]}
+
+
+def problems_of(raw, source="edge.yml"):
+    with pytest.raises(_policy.PolicyError) as caught:
+        _policy.validate(raw, source)
+    return caught.value.problems
+
+
+def test_minimal_policy_gets_explicit_defaults():
+    model, warnings = _policy.validate(dict(MINIMAL), "edge.yml")
+    assert warnings == []
+    assert model["xdp_mode"] == "auto"
+    assert model["filter"] == {"default": "allow", "deny_v4": [], "deny_v6": [], "allow_v4": [], "allow_v6": []}
+    assert model["log"]["enabled"] is False
+    assert model["log"]["file"] == "/var/log/bpfleet/headers.jsonl"
+
+
+def test_lists_are_split_by_family_and_sorted():
+    raw = dict(MINIMAL, filter={"deny": ["203.0.113.0/24", "2001:db8:bad::/48", "198.51.100.7/32",
+                                         {"cidr": "198.51.100.0/25", "comment": "scanner"}]})
+    model, _ = _policy.validate(raw)
+    assert model["filter"]["deny_v4"] == ["198.51.100.0/25", "198.51.100.7/32", "203.0.113.0/24"]
+    assert model["filter"]["deny_v6"] == ["2001:db8:bad::/48"]
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ("10.0.0.300/24", "filter.deny[1]: not an IP network: 10.0.0.300/24"),
+    ("203.0.113.5/24", "filter.deny[1]: host bits set in 203.0.113.5/24 (did you mean 203.0.113.0/24?)"),
+    (42, "filter.deny[1]: not an IP network: 42"),
+])
+def test_bad_cidr_names_file_path_and_value(bad, expected):
+    problems = problems_of(dict(MINIMAL, filter={"deny": ["198.51.100.0/24", bad]}))
+    assert problems == ["edge.yml: " + expected]
+
+
+def test_unknown_keys_suggest_the_close_name():
+    problems = problems_of(dict(MINIMAL, filter={"deny_list": []}))
+    assert problems == ["edge.yml: filter.deny_list: unknown field (did you mean 'deny'?)"]
+
+
+def test_unknown_top_level_key():
+    problems = problems_of(dict(MINIMAL, interface=["eth0"]))
+    assert any(p.startswith("edge.yml: interface: unknown field (did you mean 'interfaces'?)") for p in problems)
+
+
+@pytest.mark.parametrize("name", ["", "Edge", "-edge", "a" * 49, None, 7])
+def test_bad_or_empty_name(name):
+    raw = dict(MINIMAL, name=name) if name is not None else {"interfaces": ["eth0"]}
+    problems = problems_of(raw)
+    assert len(problems) == 1 and problems[0].startswith("edge.yml: name: ")
+
+
+@pytest.mark.parametrize("interfaces", [None, [], "eth0", ["eth0", "eth0"], ["lo"], ["a" * 16], ["eth/0"]])
+def test_bad_interfaces(interfaces):
+    raw = {"name": "edge"} if interfaces is None else {"name": "edge", "interfaces": interfaces}
+    problems = problems_of(raw)
+    assert problems and all(p.startswith("edge.yml: interfaces") for p in problems)
+
+
+def test_all_errors_are_reported_at_once():
+    raw = {"name": "", "interfaces": [], "xdp_mode": "fast",
+           "filter": {"default": "maybe", "deny": ["nope"]}, "log": {"fields": ["src_ipp"]}}
+    problems = problems_of(raw)
+    paths = [p.split(": ")[1] for p in problems]
+    assert paths == ["name", "interfaces", "xdp_mode", "filter.default", "filter.deny[0]", "log.fields[0]"]
+    assert "did you mean 'src_ip'?" in problems[-1]
+
+
+def test_same_prefix_in_allow_and_deny_is_an_error():
+    problems = problems_of(dict(MINIMAL, filter={"deny": ["198.51.100.0/24"], "allow": ["198.51.100.0/24"]}))
+    assert problems == ["edge.yml: filter: 198.51.100.0/24 is in both filter.deny and filter.allow"]
+
+
+def test_duplicates_warn_and_collapse():
+    model, warnings = _policy.validate(dict(MINIMAL, filter={"deny": ["198.51.100.0/24", "198.51.100.0/24"]}),
+                                       "edge.yml")
+    assert model["filter"]["deny_v4"] == ["198.51.100.0/24"]
+    assert warnings == ["edge.yml: filter.deny[1]: duplicate of filter.deny[0]"]
+
+
+def test_log_fields_follow_schema_order_and_sample_parses():
+    model, _ = _policy.validate(dict(MINIMAL, log={"fields": ["dst_port", "src_ip", "src_ip"], "sample": "1/100"}))
+    assert model["log"]["fields"] == ["src_ip", "dst_port"]
+    assert model["log"]["sample"] == 100
+    assert model["log"]["enabled"] is True
+
+
+@pytest.mark.parametrize("sample", ["1/0", "2/3", "1/1000001", True, "often"])
+def test_bad_sample(sample):
+    assert problems_of(dict(MINIMAL, log={"sample": sample}))[0].startswith("edge.yml: log.sample: ")
+
+
+def test_relative_sink_path_is_rejected():
+    problems = problems_of(dict(MINIMAL, log={"sink": {"file": "headers.jsonl"}}))
+    assert problems == ["edge.yml: log.sink.file: must be an absolute file path, got 'headers.jsonl'"]
+
+
+def test_digest_ignores_key_order():
+    assert _policy.digest_of({"a": 1, "b": [1, 2]}) == _policy.digest_of({"b": [1, 2], "a": 1})
+    assert _policy.digest_of({"a": 1}) != _policy.digest_of({"a": 2})
+
+
+def test_map_contents_carry_rule_ids():
+    model, _ = _policy.validate(dict(MINIMAL, filter={"deny": ["198.51.100.0/24"], "allow": ["2001:db8::/64"]}))
+    contents = _policy.map_contents(model)
+    assert contents["deny_v4"] == [["198.51.100.0/24", _policy.RULE_IDS["deny"]]]
+    assert contents["allow_v6"] == [["2001:db8::/64", _policy.RULE_IDS["allow"]]]
+    assert contents["deny_v6"] == [] and contents["allow_v4"] == []
+
+
+def test_non_mapping_policy():
+    assert problems_of(["not", "a", "mapping"]) == ["edge.yml: (top level): a policy must be a mapping, got list"]
