@@ -33,12 +33,14 @@ PYENV_ROOT="${PYENV_ROOT:-$HOME/.pyenv}"
 #   iproute2 ethtool bpftool   namespaces, veth, tc, GRO; inspecting programs and maps
 #   python3-yaml python3-jinja2  modules run on the hosts' /usr/bin/python3
 #   curl rsync git             tests (HTTP traffic), copies of the collection, clones
+#   (ShellCheck)               needed by ansible-test's shellcheck sanity test: package shellcheck
 APT_PACKAGES=(
   python3-bpfcc bpfcc-tools linux-headers-amd64
   openssh-server openssh-client netcat-openbsd
   iproute2 ethtool bpftool
   python3-yaml python3-jinja2
   curl rsync git
+  shellcheck
 )
 
 STEP=0
