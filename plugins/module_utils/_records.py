@@ -1,0 +1,294 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) bpfleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Decoding of header records v1 (docs/architecture.md) into JSON-ready dicts.
+
+Pure and standard library only: no kernel access, so it is unit tested on its
+own and shared by the agent (as a sibling copy) and by modules.
+
+Configuration (requested fields, host name, rule and interface names) is
+compiled once into a RecordDecoder; decoding a batch then costs one
+``struct.unpack_from`` and the formatting of the requested fields per record.
+
+Output keys, in this order, only the requested ones after the first four
+(DESIGN.md section 4):
+    ts host iface dir action rule src_mac dst_mac vlan ip_ver src_ip dst_ip
+    ttl len proto src_port dst_port tcp_flags http
+Values that do not apply are null: ``rule`` when no filter rule decided
+(egress, rule id 0xffff), ``vlan`` when untagged, ``ip_ver``, IPs,
+``ttl`` and ``proto`` for non-IP frames, ports unless TCP or UDP, ``tcp_flags``
+unless TCP (an empty string for a TCP segment without flags). ``http`` appears
+only when a payload parser is installed and returns something (see
+parse_payload()).
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import struct
+import time
+
+__all__ = [
+    "RECORD", "RECORD_SIZE", "RECORD_VERSION",
+    "ALWAYS_FIELDS", "OPTIONAL_FIELDS", "KEY_ORDER",
+    "DecodeResult", "MalformedRecord", "RecordDecoder",
+    "decode_batch", "boot_to_realtime_offset_ns", "format_timestamp_ns",
+    "tcp_flags_text", "proto_name", "record_payload", "parse_payload",
+]
+
+# struct bpfleet_record, docs/architecture.md ("Header record v1").
+RECORD = struct.Struct("<QIIBBHHH6s6sBBBBHH16s16sHBB8x")
+RECORD_SIZE = RECORD.size
+RECORD_VERSION = 1
+PAYLOAD_TRUNCATED = 0x01            # record flags bit 0
+
+ALWAYS_FIELDS = ("ts", "host", "iface", "dir")
+OPTIONAL_FIELDS = (
+    "action", "rule", "src_mac", "dst_mac", "vlan", "ip_ver", "src_ip", "dst_ip",
+    "ttl", "len", "proto", "src_port", "dst_port", "tcp_flags", "http",
+)
+KEY_ORDER = ALWAYS_FIELDS + OPTIONAL_FIELDS
+
+DIRECTIONS = ("ingress", "egress")
+ACTIONS = ("pass", "drop", "rate_limited")
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+_PORT_PROTOS = frozenset((6, 17))
+_TCP = 6
+TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")   # bit 0 .. bit 7
+
+# All 256 flag combinations, formatted once ("SYN|ACK").
+_TCP_FLAGS_TEXT = tuple(
+    "|".join(name for bit, name in enumerate(TCP_FLAG_NAMES) if value & (1 << bit))
+    for value in range(256)
+)
+
+_NS_PER_S = 1000000000
+# Rule id of records no filter rule decided (egress): written as null.
+RULE_NONE = 0xFFFF
+
+
+class DecodeResult(collections.namedtuple("DecodeResult", ("records", "malformed"))):
+    """``records``: list of dicts; ``malformed``: how many inputs were rejected."""
+    __slots__ = ()
+
+
+class MalformedRecord(ValueError):
+    """A record that is too short, of an unknown version, or whose payload
+    length points past its end."""
+
+
+def tcp_flags_text(flags):
+    """"SYN|ACK" for 0x12; "" for no flags."""
+    return _TCP_FLAGS_TEXT[flags & 0xFF]
+
+
+def proto_name(proto):
+    """"tcp", "udp", "icmp", "icmpv6", or the protocol number itself."""
+    return PROTO_NAMES.get(proto, proto)
+
+
+def boot_to_realtime_offset_ns():
+    """Nanoseconds to add to a CLOCK_BOOTTIME stamp (bpf_ktime_get_boot_ns) to get
+    UNIX time. Sample it per batch: NTP slews the wall clock over time."""
+    # Read the boot clock between two wall clock reads and take the midpoint,
+    # so the offset error is at most half the time between them.
+    before = time.time_ns()
+    boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    after = time.time_ns()
+    return (before + after) // 2 - boot
+
+
+def format_timestamp_ns(unix_ns):
+    """RFC 3339 UTC with nanoseconds: 2026-11-23T17:00:00.123456789Z."""
+    seconds, nanoseconds = divmod(unix_ns, _NS_PER_S)
+    return "%s.%09dZ" % (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)), nanoseconds)
+
+
+def record_payload(raw):
+    """The captured payload bytes after the fixed part of a raw record, and
+    whether the kernel truncated them: ``(bytes, truncated)``."""
+    payload_length, flags = struct.unpack_from("<HB", raw, RECORD_SIZE - 12)
+    return bytes(raw[RECORD_SIZE:RECORD_SIZE + payload_length]), bool(flags & PAYLOAD_TRUNCATED)
+
+
+def parse_payload(payload, truncated):
+    """Hook for the HTTP parser (method, path, version, headers, redaction).
+
+    Called with the captured L4 payload of a record that has one, when the
+    ``http`` field is requested; returns the value of the ``http`` key, or None
+    to leave the key out. Not implemented yet: it returns None. A real parser
+    is passed to RecordDecoder(payload_parser=...), so it can hold its
+    configuration (ports, headers to keep, redaction list) precompiled.
+    """
+    return None
+
+
+
+
+class RecordDecoder(object):
+    """Decoder for one policy's log configuration.
+
+    ``fields``: requested optional keys (unknown names are ignored and listed in
+    ``unknown_fields``, so a newer controller cannot break an older agent);
+    ``host``: the host name written in every record; ``rule_names``: rule id ->
+    name (keys int or str, as in state.json); ``iface_names``: ifindex -> name
+    mapping (a dict subclass with ``__missing__`` may resolve lazily; unknown
+    indexes otherwise become their number as a string); ``payload_parser``:
+    ``f(payload, truncated) -> value or None`` for the ``http`` key.
+    """
+
+    def __init__(self, fields, host, rule_names=None, iface_names=None, payload_parser=None):
+        requested = set(fields or ())
+        self.fields = tuple(name for name in OPTIONAL_FIELDS if name in requested)
+        self.unknown_fields = tuple(sorted(requested - set(KEY_ORDER)))
+        self.host = host
+        self.rule_names = {}
+        for rule_id, name in (rule_names or {}).items():
+            self.rule_names[int(rule_id)] = name
+        self.iface_names = iface_names if iface_names is not None else {}
+        self.payload_parser = payload_parser
+        # Timestamp formatting is the costliest part of a record: records of a
+        # batch mostly share their second, so the "YYYY-MM-DDTHH:MM:SS" prefix
+        # is computed once per second.
+        self._cached_second = None
+        self._cached_prefix = ""
+
+    def decode_batch(self, raw_records, boot_to_realtime_ns):
+        """Decode raw ring-buffer payloads; never raises for bad records, counts them.
+
+        ``boot_to_realtime_ns``: see boot_to_realtime_offset_ns().
+        """
+        decoded = []
+        append = decoded.append
+        malformed = 0
+        unpack_from = RECORD.unpack_from
+        want = set(self.fields)
+        want_action = "action" in want
+        want_rule = "rule" in want
+        want_src_mac = "src_mac" in want
+        want_dst_mac = "dst_mac" in want
+        want_vlan = "vlan" in want
+        want_ip_ver = "ip_ver" in want
+        want_src_ip = "src_ip" in want
+        want_dst_ip = "dst_ip" in want
+        want_ttl = "ttl" in want
+        want_len = "len" in want
+        want_proto = "proto" in want
+        want_src_port = "src_port" in want
+        want_dst_port = "dst_port" in want
+        want_tcp_flags = "tcp_flags" in want
+        want_http = "http" in want and self.payload_parser is not None
+        host = self.host
+        iface_names = self.iface_names
+        rule_names = self.rule_names
+        payload_parser = self.payload_parser
+        directions = DIRECTIONS
+        actions = ACTIONS
+        flags_text = _TCP_FLAGS_TEXT
+        proto_names = PROTO_NAMES
+        port_protos = _PORT_PROTOS
+        inet_ntop = socket.inet_ntop
+        af_inet = socket.AF_INET
+        af_inet6 = socket.AF_INET6
+        cached_second = self._cached_second
+        cached_prefix = self._cached_prefix
+        gmtime = time.gmtime
+        strftime = time.strftime
+
+        for raw in raw_records:
+            if len(raw) < RECORD_SIZE:
+                malformed += 1
+                continue
+            (ts_boot_ns, ifindex, pkt_len, direction, action, rule, vlan, _eth_proto,
+             src_mac, dst_mac, ip_ver, proto, ttl, tcp_flags, src_port, dst_port,
+             src_ip, dst_ip, payload_len, flags, version) = unpack_from(raw)
+            if version != RECORD_VERSION or RECORD_SIZE + payload_len > len(raw):
+                malformed += 1
+                continue
+
+            second, nanosecond = divmod(ts_boot_ns + boot_to_realtime_ns, 1000000000)
+            if second != cached_second:
+                cached_second = second
+                cached_prefix = strftime("%Y-%m-%dT%H:%M:%S", gmtime(second))
+            try:
+                iface = iface_names[ifindex]
+            except KeyError:
+                iface = str(ifindex)
+            record = {
+                "ts": "%s.%09dZ" % (cached_prefix, nanosecond),
+                "host": host,
+                "iface": iface,
+                "dir": directions[direction] if direction < 2 else str(direction),
+            }
+            if want_action:
+                record["action"] = actions[action] if action < 3 else str(action)
+            if want_rule:
+                record["rule"] = (rule_names.get(rule) or str(rule)) if rule != RULE_NONE else None
+            if want_src_mac:
+                record["src_mac"] = src_mac.hex(":")
+            if want_dst_mac:
+                record["dst_mac"] = dst_mac.hex(":")
+            if want_vlan:
+                record["vlan"] = vlan or None
+            is_ip = ip_ver == 4 or ip_ver == 6
+            if want_ip_ver:
+                record["ip_ver"] = ip_ver if is_ip else None
+            if want_src_ip:
+                record["src_ip"] = (inet_ntop(af_inet, src_ip[:4]) if ip_ver == 4 else
+                                    inet_ntop(af_inet6, src_ip) if ip_ver == 6 else None)
+            if want_dst_ip:
+                record["dst_ip"] = (inet_ntop(af_inet, dst_ip[:4]) if ip_ver == 4 else
+                                    inet_ntop(af_inet6, dst_ip) if ip_ver == 6 else None)
+            if want_ttl:
+                record["ttl"] = ttl if is_ip else None
+            if want_len:
+                record["len"] = pkt_len
+            if want_proto:
+                record["proto"] = proto_names.get(proto, proto) if is_ip else None
+            has_ports = is_ip and proto in port_protos
+            if want_src_port:
+                record["src_port"] = src_port if has_ports else None
+            if want_dst_port:
+                record["dst_port"] = dst_port if has_ports else None
+            if want_tcp_flags:
+                record["tcp_flags"] = flags_text[tcp_flags] if is_ip and proto == _TCP else None
+            if want_http and payload_len:
+                try:
+                    http = payload_parser(bytes(raw[RECORD_SIZE:RECORD_SIZE + payload_len]),
+                                          bool(flags & PAYLOAD_TRUNCATED))
+                except Exception:
+                    # A parser bug must not lose the L3/L4 record; the record is
+                    # written without its http part.
+                    http = None
+                if http is not None:
+                    record["http"] = http
+            append(record)
+
+        self._cached_second = cached_second
+        self._cached_prefix = cached_prefix
+        return DecodeResult(decoded, malformed)
+
+    def decode(self, raw, boot_to_realtime_ns):
+        """Decode one record; raises MalformedRecord instead of counting it."""
+        result = self.decode_batch((raw,), boot_to_realtime_ns)
+        if result.malformed:
+            raise MalformedRecord(_malformed_reason(raw))
+        return result.records[0]
+
+
+def _malformed_reason(raw):
+    if len(raw) < RECORD_SIZE:
+        return "record of %d bytes, the v1 layout has %d" % (len(raw), RECORD_SIZE)
+    payload_len, _flags, version = struct.unpack_from("<HBB", raw, RECORD_SIZE - 12)
+    if version != RECORD_VERSION:
+        return "record version %d, this decoder knows %d" % (version, RECORD_VERSION)
+    return "payload_len %d but only %d bytes follow the fixed part" % (payload_len, len(raw) - RECORD_SIZE)
+
+
+def decode_batch(raw_records, fields, host, rule_names=None, iface_names=None,
+                 boot_to_realtime_ns=0, payload_parser=None):
+    """One-shot form of RecordDecoder(...).decode_batch(); long-lived callers
+    (the agent) should keep a RecordDecoder per policy instead."""
+    decoder = RecordDecoder(fields, host, rule_names, iface_names, payload_parser)
+    return decoder.decode_batch(raw_records, boot_to_realtime_ns)
