@@ -381,7 +381,12 @@ def remove_workdir(name: str, workdir: str) -> None:
 
 def teardown(name: str, workdir: str) -> list[str]:
     """Remove everything of fleet NAME. Idempotent. Returns a list of leftovers (empty = clean)."""
-    state = load_state(workdir)
+    try:
+        state = load_state(workdir)
+    except LabError as exc:
+        # Names and cmdlines still identify what the fleet made: clean up without the file.
+        say(name, f"ignoring an unreadable state file: {exc}")
+        state = None
     closed = close_control_masters(name, workdir)
     if closed:
         say(name, f"closed {closed} SSH control master(s)")
@@ -471,10 +476,29 @@ exec {sshd} -D -e -f {sshd_config_path(workdir, host)}
 """
 
 
+def copy_directory_skeleton(source: str, target: str, depth: int = 2) -> None:
+    """Recreate source's subdirectories (not files) under target, with mode and owner.
+
+    A host's empty /var/log would otherwise lack /var/log/apt and the like, which
+    package tools expect to exist.
+    """
+    for entry in os.scandir(source):
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        info = entry.stat(follow_symlinks=False)
+        path = os.path.join(target, entry.name)
+        os.makedirs(path, exist_ok=True)
+        os.chown(path, info.st_uid, info.st_gid)
+        os.chmod(path, info.st_mode & 0o7777)
+        if depth > 1:
+            copy_directory_skeleton(entry.path, path, depth - 1)
+
+
 def prepare_host_files(workdir: str, host: str, hosts: list[str], public_key: str, sshd: str) -> None:
     base = os.path.join(workdir, host)
     for sub in PER_HOST_BIND_MOUNTS:
         os.makedirs(os.path.join(base, sub), mode=0o755, exist_ok=True)
+    copy_directory_skeleton("/var/log", os.path.join(base, "log"))
     os.chmod(os.path.join(base, "root"), 0o700)
     ssh_dir = os.path.join(base, "ssh")
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{host}-hostkey",
