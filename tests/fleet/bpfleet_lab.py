@@ -350,6 +350,16 @@ def close_control_masters(name: str, workdir: str) -> int:
     return closed
 
 
+def fleet_cmdline_pattern(workdir: str) -> re.Pattern:
+    w = re.escape(workdir.rstrip("/"))
+    return re.compile("|".join([
+        rf"^(sshd: )?\S*sshd -D -e -f {w}/h[0-9]+/ssh/sshd_config( |$)",   # a host's sshd
+        rf"/bin/sh {w}/h[0-9]+/boot\.sh$",  # ip netns exec / unshare / sh before sshd
+        rf"^ssh: {w}/cp/",  # a ControlMaster ("ssh: PATH [mux]")
+        rf"^\S*ssh .*ControlPath=\"?{w}/cp/",  # an ssh client using this fleet's masters
+    ]))
+
+
 def fleet_processes(name: str, workdir: str, state: dict | None, namespaces: list[str]) -> set[int]:
     """Every process this fleet started, found by namespace, recorded pid and cmdline."""
     pids: set[int] = set()
@@ -357,9 +367,8 @@ def fleet_processes(name: str, workdir: str, state: dict | None, namespaces: lis
         pids |= netns_pids(netns)
     # sshd (and its boot script) of any host of this workdir, even one whose namespace
     # is already gone, and any SSH master or client using this fleet's ControlPath.
-    escaped = re.escape(workdir.rstrip("/"))
-    pids |= pids_matching(re.compile(escaped + r"/h[0-9]+/(ssh/sshd_config|boot\.sh)( |$)"))
-    pids |= pids_matching(re.compile(escaped + r"/cp/"))
+    # Anchored on the program, so `less WORKDIR/h1/boot.sh` is not taken for a host.
+    pids |= pids_matching(fleet_cmdline_pattern(workdir))
     for host in (state or {}).get("hosts", []):
         pid = host.get("sshd_pid")
         # Only while the cmdline still matches: the pid may belong to someone else by now.
@@ -699,12 +708,12 @@ def check_workdir(workdir: str) -> None:
 
 def bring_up(name: str, count: int, workdir: str, inventory: str) -> dict:
     tools = require_tools()
-    check_workdir(workdir)
-    hosts = host_names(count)
     if os.path.isdir(workdir) and os.listdir(workdir):
         # `down` deletes the workdir: never adopt a directory holding someone's files.
         raise LabError(f"workdir {workdir} exists and was not made by bpfleet_lab.py: "
                        "give a new or empty directory")
+    check_workdir(workdir)
+    hosts = host_names(count)
     os.makedirs(control_dir(workdir), mode=0o700)
     os.chmod(workdir, 0o700)
     write_file(os.path.join(workdir, WORKDIR_MARKER), name + "\n")

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -281,9 +282,16 @@ def test_down_cleans_stale_namespaces_without_a_state_file():
     assert not alive(sshd)
 
 
-def test_up_refuses_a_workdir_it_did_not_make(tmp_path):
-    (tmp_path / "precious.txt").write_text("keep me")
-    result = lab("up", "--name", unique_name("w"), "--hosts", "1", "--workdir", str(tmp_path), check=False)
-    assert result.returncode != 0
-    assert "was not made by bpfleet_lab.py" in result.stderr
-    assert (tmp_path / "precious.txt").read_text() == "keep me"
+def test_up_and_down_leave_a_workdir_they_did_not_make_alone():
+    foreign = Path(tempfile.mkdtemp(prefix="bpfl-foreign-"))
+    try:
+        (foreign / "precious.txt").write_text("keep me")
+        name = unique_name("w")
+        result = lab("up", "--name", name, "--hosts", "1", "--workdir", str(foreign), check=False)
+        assert result.returncode != 0
+        assert "was not made by bpfleet_lab.py" in result.stderr
+        lab("down", "--name", name, "--workdir", str(foreign))
+        assert (foreign / "precious.txt").read_text() == "keep me"
+        assert not [ns for ns in list_netns() if ns.startswith(f"bpfl-{name}-")]
+    finally:
+        shutil.rmtree(foreign)
