@@ -7,7 +7,7 @@ now (pins, map shapes, map entries, attachments): a recorded digest alone would 
 program detached behind our back, and live state alone cannot tell a stale program apart.
 
 Order of a change, chosen so traffic never meets a half-built filter:
-  1. compile and verify the new programs while the old ones keep running (pinned as *.next)
+  1. compile and verify the new programs while the old ones keep running (pinned as *_next)
   2. update the list maps by delta (the maps are shared by old and new programs)
   3. atomically replace the attachments (ip -force link set ... pinned, tc filter replace)
   4. move the new pins into place, record state
@@ -28,7 +28,8 @@ from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall a
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 from ansible_collections.bpfleet.core.plugins.module_utils import _maps as maps
 
-NEXT_SUFFIX = ".next"
+# bpffs refuses names with a dot, so the staged pins use an underscore suffix.
+NEXT_SUFFIX = "_next"
 
 
 class PolicyFailure(Exception):

@@ -16,8 +16,10 @@ import os
 import tempfile
 import traceback
 
+from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall
+
 try:
-    from bcc import BPF, libbcc  # noqa: F401
+    from bcc import BPF
 
     HAS_BCC = True
     BCC_IMPORT_ERROR = None
@@ -96,9 +98,10 @@ def compile_and_pin(source, programs, pin_dir, suffix):
             path = os.path.join(pin_dir, program["pin"] + suffix)
             if os.path.exists(path):
                 os.unlink(path)
-            rc = libbcc.lib.bpf_obj_pin(function.fd, path.encode("utf-8"))
-            if rc != 0:
-                raise CompileError("pin", "could not pin %s at %s (rc=%d)" % (program["function"], path, rc), "")
+            try:
+                _bpf_syscall.obj_pin(function.fd, path)
+            except OSError as exc:
+                raise CompileError("pin", "could not pin %s: %s" % (program["function"], exc), "")
             pinned[program["pin"]] = path
     except Exception:
         for path in pinned.values():
