@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """bpfleet test fleet: several real SSH hosts on one Linux machine.
 
 A host is a network namespace plus its own mount and UTS namespaces, running its own sshd.
@@ -184,7 +183,7 @@ def require_root() -> None:
 
 def run(cmd: list[str], check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess:
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         raise LabError(f"timed out after {timeout:.0f} s: {' '.join(cmd)}") from exc
     if check and result.returncode != 0:
@@ -843,7 +842,7 @@ def host_count(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command_name", required=True)
 

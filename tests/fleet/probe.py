@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """bpfleet traffic probe, run ON the test hosts (copied there by Ansible).
 
     probe.py listen   --proto udp|tcp|http --port P --duration S --out FILE [--stop-after N]
@@ -142,14 +141,14 @@ class Tally:
 
 
 def wait_readable(sock: socket.socket, tally: Tally) -> bool:
-    readable, _, _ = select.select([sock], [], [], min(0.5, tally.remaining()))
+    readable = select.select([sock], [], [], min(0.5, tally.remaining()))[0]
     return bool(readable)
 
 
 def listen_udp(sock: socket.socket, tally: Tally) -> None:
     while not tally.finished():
         if wait_readable(sock, tally):
-            _, peer = sock.recvfrom(65_535)
+            peer = sock.recvfrom(65_535)[1]
             tally.add(peer[0])
 
 
@@ -232,9 +231,7 @@ def send_udp(args: argparse.Namespace, dst, deadline: float) -> dict:
 
 def send_tcp(args: argparse.Namespace, dst, deadline: float) -> dict:
     attempted = connected = errors = 0
-    for _ in range(args.count):
-        if time.monotonic() >= deadline:
-            break
+    while attempted < args.count and time.monotonic() < deadline:
         attempted += 1
         with bound_socket(socket.SOCK_STREAM, args.src, dst) as sock:
             sock.settimeout(args.timeout)
@@ -275,7 +272,7 @@ def build_request(url, headers: list[tuple[str, str]], method: str) -> bytes:
         path += "?" + url.query
     host = url.netloc
     lines = [f"{method} {path} HTTP/1.1"]
-    if not any(name.lower() == "host" for name, _ in headers):
+    if not any(header[0].lower() == "host" for header in headers):
         lines.append(f"Host: {host}")
     lines += [f"{name}: {value}" for name, value in headers]
     lines += ["Connection: close", "", ""]
@@ -319,7 +316,7 @@ def command_http_get(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     listen = commands.add_parser("listen", help="count datagrams or connections per source")

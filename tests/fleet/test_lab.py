@@ -49,7 +49,8 @@ pytestmark = [
 
 
 def lab(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(LAB), *args], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, str(LAB), *args], capture_output=True, text=True, timeout=120,
+                            check=False)
     if check:
         assert result.returncode == 0, f"bpfleet_lab.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
@@ -79,7 +80,7 @@ class Fleet:
 
     def ssh(self, host: str, command: str, stdin: str | None = None, timeout: float = 60) -> str:
         result = subprocess.run(self.ssh_argv(host, command), input=stdin, capture_output=True,
-                                text=True, timeout=timeout)
+                                text=True, timeout=timeout, check=False)
         assert result.returncode == 0, f"ssh {host} {command!r} failed ({result.returncode}): {result.stderr}"
         return result.stdout
 
@@ -90,7 +91,7 @@ class Fleet:
         """Every process inside the fleet's namespaces, plus the recorded sshd pids."""
         pids = {host["sshd_pid"] for host in self.state()["hosts"]}
         for netns in self.namespaces():
-            out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout
+            out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, check=True).stdout
             pids |= {int(pid) for pid in out.split()}
         return pids
 
@@ -221,7 +222,7 @@ def test_inventory_works_with_ansible(fleet):
     if not os.path.exists(ansible):
         pytest.skip("ansible not installed in this Python environment")
     result = subprocess.run([ansible, "-i", str(fleet.inventory_path), "bpfleet_lab", "-m", "ansible.builtin.ping"],
-                            capture_output=True, text=True, timeout=120,
+                            capture_output=True, text=True, timeout=120, check=False,
                             env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_DEPRECATION_WARNINGS": "0"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == 2
@@ -245,7 +246,8 @@ def test_down_removes_namespaces_processes_and_workdir():
     assert doomed.namespaces() == []
     assert [pid for pid in before if alive(pid)] == []
     assert not doomed.workdir.exists()
-    masters = subprocess.run(["pgrep", "-f", f"{doomed.workdir}/cp/"], capture_output=True, text=True).stdout
+    masters = subprocess.run(["pgrep", "-f", f"{doomed.workdir}/cp/"], capture_output=True, text=True,
+                             check=False).stdout
     assert masters.strip() == "", f"SSH masters left: {masters}"
     # Idempotent: a second down finds nothing and succeeds.
     lab("down", "--name", doomed.name)
