@@ -153,7 +153,7 @@ else
   "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$REQUIREMENTS"
   "$VENV/bin/python" -m pip check
   echo "$want" >"$stamp"
-  info "installed: $("$VENV/bin/ansible" --version | head -1)"
+  info "installed: ansible-core $("$VENV/bin/python" -c 'import ansible.release as r; print(r.__version__)')"
 fi
 
 # ---------------------------------------------------------------------------------------

@@ -41,9 +41,9 @@ class ActionModule(ActionBase):
                 with open(path, "rb") as handle:
                     return yaml.safe_load(handle), src
             except yaml.YAMLError as exc:
-                raise AnsibleActionFail("%s: not valid YAML: %s" % (src, to_text(exc)))
+                raise AnsibleActionFail("%s: not valid YAML: %s" % (src, to_text(exc))) from exc
             except OSError as exc:
-                raise AnsibleActionFail("%s: cannot read: %s" % (src, to_text(exc)))
+                raise AnsibleActionFail("%s: cannot read: %s" % (src, to_text(exc))) from exc
         if policy is not None:
             return _plain(policy), "<inline policy>"
         return None, None

@@ -182,7 +182,7 @@ class PolicyHost:
             try:
                 current = attach.xdp_attachment(self.runner, iface)
             except attach.InterfaceMissing as exc:
-                raise PolicyFailure(str(exc))
+                raise PolicyFailure(str(exc)) from exc
             if current and not current["name"].startswith(attach.OWN_PROGRAM_PREFIX) and not self.force:
                 raise PolicyFailure(
                     "interface %s already has a foreign XDP program (id %s, name %r, %s mode); refusing to "

@@ -101,7 +101,7 @@ def compile_and_pin(source, programs, pin_dir, suffix):
             try:
                 _bpf_syscall.obj_pin(function.fd, path)
             except OSError as exc:
-                raise CompileError("pin", "could not pin %s: %s" % (program["function"], exc), "")
+                raise CompileError("pin", "could not pin %s: %s" % (program["function"], exc), "") from exc
             pinned[program["pin"]] = path
     except Exception:
         for path in pinned.values():

@@ -213,8 +213,10 @@ def _validate_log(col, raw):
                 col.error("log.directions", "must name at least one direction (or set log.enabled: false)")
     if "sample" in raw:
         sample = raw["sample"]
-        match = _SAMPLE_RE.match(str(sample)) if isinstance(sample, (str, int)) and not isinstance(sample, bool) else None
-        if isinstance(sample, int) and not isinstance(sample, bool):
+        match = None
+        if isinstance(sample, str):
+            match = _SAMPLE_RE.match(sample)
+        elif isinstance(sample, int) and not isinstance(sample, bool):
             match = _SAMPLE_RE.match("1/%d" % sample)
         if not match or not 1 <= int(match.group(1)) <= 1000000:
             col.error("log.sample", "must be '1/N' with N from 1 to 1000000, got %r" % (sample,))

@@ -69,7 +69,8 @@ class Lab:
         play = [{"name": "integration", "hosts": hosts, "gather_facts": False, "tasks": tasks}]
         path = self.tmp / "play.yml"
         path.write_text(yaml.safe_dump(play, sort_keys=False))
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
+                   ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
                    ANSIBLE_HOST_KEY_CHECKING="false", PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}",
                    ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_RETRY_FILES_ENABLED="false")
         argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), str(path)]
