@@ -285,7 +285,7 @@ class PolicyHost:
             if current and current["mode"] != candidate:
                 attach.detach_xdp(self.runner, iface, current["mode"])
                 current = None
-            rc, _out, err = self.runner.change(
+            rc, _stdout, err = self.runner.change(
                 ["ip", "-force", "link", "set", "dev", iface, attach.IP_MODE_KEYWORD[candidate], "pinned", path],
                 check_rc=False)
             if rc == 0:

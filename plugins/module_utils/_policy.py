@@ -138,7 +138,7 @@ def _parse_networks(col, path, entries):
 
 
 def _sorted_networks(pairs):
-    ordered = sorted((n for n, _ in pairs), key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+    ordered = sorted((network for network, _comment in pairs), key=lambda n: (n.version, int(n.network_address), n.prefixlen))
     return [str(n) for n in ordered]
 
 
@@ -160,7 +160,9 @@ def _validate_filter(col, raw):
                                 ("IPv4 allow", allow_v4, ALLOW_V4_MAX), ("IPv6 allow", allow_v6, ALLOW_V6_MAX)):
         if len(items) > limit:
             col.error("filter", "%d %s entries exceed the map limit of %d" % (len(items), label, limit))
-    both = set(n for n, _ in deny_v4 + deny_v6) & set(n for n, _ in allow_v4 + allow_v6)
+    denied = set(network for network, _comment in deny_v4 + deny_v6)
+    allowed = set(network for network, _comment in allow_v4 + allow_v6)
+    both = denied & allowed
     for network in sorted(both, key=str):
         col.error("filter", "%s is in both filter.deny and filter.allow" % network)
     if default == "deny" and not (allow_v4 or allow_v6):

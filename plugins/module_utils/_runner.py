@@ -36,7 +36,7 @@ class CommandRunner:
         return rc, out, err
 
     def query_json(self, args):
-        _rc, out, _err = self.query(args)
+        out = self.query(args)[1]
         return json.loads(out) if out.strip() else []
 
     def change(self, args, check_rc=True):

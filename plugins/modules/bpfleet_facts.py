@@ -18,7 +18,7 @@ description:
   - Needs neither BCC nor kernel headers; it talks to the kernel with plain C(bpf(2)) calls.
   - The fields are described in the collection's C(docs/facts.md).
 author:
-  - bpfleet contributors
+  - bpfleet contributors (@bpfleet)
 extends_documentation_fragment:
   - bpfleet.core._attributes
   - bpfleet.core._attributes.facts

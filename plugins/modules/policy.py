@@ -26,7 +26,7 @@ description:
   - An XDP program that bpfleet did not attach is never replaced unless O(force=true).
   - The policy format is described in the collection's C(docs/policy.md).
 author:
-  - bpfleet contributors
+  - bpfleet contributors (@bpfleet)
 extends_documentation_fragment:
   - bpfleet.core._attributes
 attributes:

@@ -33,7 +33,7 @@ def missing_requirement() -> str | None:
             return f"{tool} not found (scripts/bootstrap.sh installs it)"
     if shutil.which("ansible-playbook", path=str(VENV_BIN)) is None:
         return "ansible-playbook not in this venv (scripts/bootstrap.sh installs it)"
-    if subprocess.run(["/usr/bin/python3", "-c", "import bcc"], capture_output=True).returncode != 0:
+    if subprocess.run(["/usr/bin/python3", "-c", "import bcc"], capture_output=True, check=False).returncode != 0:
         return "BCC is not importable by /usr/bin/python3 (apt install python3-bpfcc)"
     return None
 
@@ -48,7 +48,8 @@ class Lab:
         self.hosts = group["hosts"]
 
     def _lab(self, *args: str) -> str:
-        result = subprocess.run([sys.executable, str(LAB), *args], capture_output=True, text=True, timeout=180)
+        result = subprocess.run([sys.executable, str(LAB), *args], capture_output=True, text=True, timeout=180,
+                                check=False)
         assert result.returncode == 0, f"bpfleet_lab.py {args} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout
 
@@ -58,36 +59,62 @@ class Lab:
     def exec(self, host: str, *argv: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
         """Run a command inside a host's namespaces (for looking and for sabotage, not for the product)."""
         result = subprocess.run([sys.executable, str(LAB), "exec", "--name", self.name, "--host", host, "--", *argv],
-                                capture_output=True, text=True, timeout=120, env=env)
+                                capture_output=True, text=True, timeout=120, env=env, check=False)
         if check:
             assert result.returncode == 0, f"exec on {host}: {argv} failed:\n{result.stdout}\n{result.stderr}"
         return result
 
     def playbook(self, tasks: list, hosts: str = "all", check: bool = False, extra: list | None = None,
                  expect_failure: bool = False) -> dict:
-        """Run one play over SSH; return per-host results of the tasks that `register: out`."""
-        play = [{"name": "integration", "hosts": hosts, "gather_facts": False, "tasks": tasks}]
+        """Run one play over SSH; return {host: [result of each task, in order]}.
+
+        Each task's result is registered and written to a JSON file on the controller by a
+        last task, so tests read real module results (ansible-core ships no JSON stdout
+        callback). With expect_failure, a failing task does not stop the play.
+        """
+        names = []
+        play_tasks = []
+        for index, task in enumerate(tasks):
+            task = dict(task)
+            task["register"] = "bpfleet_it_%d" % index
+            names.append(task["register"])
+            if expect_failure and "ansible.builtin.include_role" not in task:
+                task["ignore_errors"] = True
+            play_tasks.append(task)
+        results_dir = self.tmp / "results"
+        shutil.rmtree(results_dir, ignore_errors=True)
+        results_dir.mkdir()
+        play_tasks.append({
+            "name": "dump results",
+            "ansible.builtin.copy": {
+                "content": "{{ [%s] | to_json }}" % ", ".join("%s | default(None)" % n for n in names),
+                "dest": "%s/{{ inventory_hostname }}.json" % results_dir,
+                "mode": "0600",
+            },
+            "delegate_to": "localhost",
+            "check_mode": False,
+            "diff": False,
+            "vars": {"ansible_python_interpreter": "{{ ansible_playbook_python }}"},
+        })
+        play = [{"name": "integration", "hosts": hosts, "gather_facts": False, "tasks": play_tasks}]
         path = self.tmp / "play.yml"
         path.write_text(yaml.safe_dump(play, sort_keys=False))
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
-                   ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
-                   ANSIBLE_HOST_KEY_CHECKING="false", PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}",
-                   ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_RETRY_FILES_ENABLED="false")
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_HOST_KEY_CHECKING="false",
+                   PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}", ANSIBLE_RETRY_FILES_ENABLED="false")
         argv = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), str(path)]
         if check:
             argv.append("--check")
         argv += extra or []
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
-        report = json.loads(result.stdout) if result.stdout.strip().startswith("{") else {}
-        if expect_failure:
-            assert result.returncode != 0, f"playbook should have failed:\n{result.stdout[-4000:]}"
-        else:
-            assert result.returncode == 0, f"playbook failed:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env, check=False)
+        assert result.returncode == 0, f"playbook failed:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
         outcome = {}
-        for play_report in report.get("plays", []):
-            for task in play_report["tasks"]:
-                for host, host_result in task["hosts"].items():
-                    outcome.setdefault(host, []).append(host_result)
+        for dump in results_dir.glob("*.json"):
+            outcome[dump.stem] = json.loads(dump.read_text())
+        failed = [(host, r.get("msg")) for host, results in outcome.items() for r in results if r and r.get("failed")]
+        if expect_failure:
+            assert failed, f"a task should have failed:\n{result.stdout[-4000:]}"
+        else:
+            assert not failed, f"tasks failed: {failed}"
         return outcome
 
     def udp_delivered(self, sender: str, src: str, receiver: str, dst: str, count: int = 10) -> int:

@@ -33,8 +33,7 @@ def policy_task(policy: dict, **extra) -> dict:
 
 
 def facts_task() -> list:
-    return [{"name": "facts", "bpfleet.core.bpfleet_facts": {}},
-            {"name": "show", "ansible.builtin.debug": {"var": "ansible_facts.bpfleet"}}]
+    return [{"name": "facts", "bpfleet.core.bpfleet_facts": {}}]
 
 
 def result_of(outcome: dict, host: str, index: int = 0) -> dict:
@@ -43,7 +42,7 @@ def result_of(outcome: dict, host: str, index: int = 0) -> dict:
 
 def facts_of(lab, host: str) -> dict:
     outcome = lab.playbook(facts_task(), hosts=host)
-    return result_of(outcome, host, 1)["ansible_facts.bpfleet"]
+    return result_of(outcome, host)["ansible_facts"]["bpfleet"]
 
 
 def xdp_prog_id(lab, host: str):
@@ -59,8 +58,8 @@ def with_extra_deny(cidr: str) -> dict:
 
 @pytest.fixture(scope="module")
 def prepared(lab):
-    lab.playbook([{"name": "host role", "ansible.builtin.include_role": {"name": "bpfleet.core.host"}},
-                  policy_task(BASE_POLICY)])
+    lab.playbook([{"name": "host role", "ansible.builtin.include_role": {"name": "bpfleet.core.host"}}])
+    lab.playbook([policy_task(BASE_POLICY)])
     return lab
 
 
