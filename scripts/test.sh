@@ -11,6 +11,8 @@
 #   lint         ansible-lint, profile production         (.ansible-lint, .yamllint)
 #   sanity       ansible-test sanity --local, on a copy of the tree under
 #                .tmp/sanity/ansible_collections/bpfleet/core
+#   host         playbooks/host_local.yml: the bpfleet.core.host role on this machine
+#                (BCC and kernel headers, which the kernel tests in tests/unit need)
 #   unit         pytest tests/unit -q                     (no tests collected = failure)
 #   integration  pytest tests/fleet tests/integration -m integration -q
 #                (missing directories are skipped; no tests collected = skipped)
@@ -23,7 +25,7 @@ set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO" || exit 1
 
-ALL_STAGES=(ruff lint sanity unit integration molecule)
+ALL_STAGES=(ruff lint sanity host unit integration molecule)
 read -r -a REQUESTED <<<"${BPFLEET_TEST_STAGES:-${ALL_STAGES[*]}}"
 for s in "${REQUESTED[@]}"; do
   if [[ " ${ALL_STAGES[*]} " != *" $s "* ]]; then
@@ -136,6 +138,12 @@ stage_sanity() {
   (cd "$SANITY_ROOT" && ansible-test sanity --local)
 }
 
+stage_host() {
+  # The kernel tests in tests/unit compile with BCC, which needs kernel headers: prepare
+  # this machine with the collection's own host role, as an operator would prepare a host.
+  ansible-playbook -i localhost, -c local playbooks/host_local.yml
+}
+
 stage_unit() {
   if [[ ! -d tests/unit ]]; then
     NOTE="tests/unit does not exist"
@@ -197,6 +205,7 @@ declare -A DESCRIPTIONS=(
   [ruff]="ruff check ."
   [lint]="ansible-lint (profile production)"
   [sanity]="ansible-test sanity --local"
+  [host]="bpfleet.core.host role on this machine (BCC, kernel headers)"
   [unit]="pytest tests/unit -q"
   [integration]="pytest tests/fleet tests/integration -m integration -q"
   [molecule]="molecule test -s default (extensions/molecule)"
