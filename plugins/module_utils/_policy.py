@@ -138,8 +138,9 @@ def _parse_networks(col, path, entries):
 
 
 def _sorted_networks(pairs):
-    ordered = sorted((network for network, _comment in pairs), key=lambda n: (n.version, int(n.network_address), n.prefixlen))
-    return [str(n) for n in ordered]
+    networks = [network for network, _comment in pairs]
+    networks.sort(key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+    return [str(network) for network in networks]
 
 
 def _validate_filter(col, raw):

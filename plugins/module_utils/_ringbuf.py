@@ -53,8 +53,15 @@ RINGBUF_HEADER_SIZE = 8
 _LENGTH_MASK = ~(RINGBUF_BUSY_BIT | RINGBUF_DISCARD_BIT) & 0xFFFFFFFF
 _MAP_TYPE_RINGBUF = 27
 
-_U64 = struct.Struct("=Q")
-_U32 = struct.Struct("=I")
+# Native formats on purpose. Positions and headers are shared with the kernel
+# and must be read and written whole: CPython packs the standard-size formats
+# ("=Q", "<Q") byte by byte, so the kernel could see a half-written consumer
+# position (typically smaller than the real one, which makes the ring look full
+# and loses records) and we could read a torn producer position. The native
+# formats go through a fixed-size memcpy that compiles to one aligned load or
+# store, atomic on x86-64 and arm64 (every offset used here is 8-aligned).
+_U64 = struct.Struct("Q")
+_U32 = struct.Struct("I")
 
 
 class RingBuffer(object):

@@ -149,7 +149,7 @@ def test_compile_error_keeps_the_previous_program(prepared, tmp_path):
     from ansible_collections.bpfleet.core.plugins.module_utils import _policy
     from ansible_collections.bpfleet.core.plugins.plugin_utils import _render
 
-    model, _ = _policy.validate(copy.deepcopy(BASE_POLICY))
+    model, _warnings = _policy.validate(copy.deepcopy(BASE_POLICY))
     rendered = _render.render(model)
     rendered["source"] += "\nint broken(struct xdp_md *ctx) { return undefined_symbol; }\n"
     rendered["source_digest"] = "sha256:" + "0" * 64

@@ -25,7 +25,7 @@ def test_minimal_policy_gets_explicit_defaults():
 def test_lists_are_split_by_family_and_sorted():
     raw = dict(MINIMAL, filter={"deny": ["203.0.113.0/24", "2001:db8:bad::/48", "198.51.100.7/32",
                                          {"cidr": "198.51.100.0/25", "comment": "scanner"}]})
-    model, _ = _policy.validate(raw)
+    model, _warnings = _policy.validate(raw)
     assert model["filter"]["deny_v4"] == ["198.51.100.0/25", "198.51.100.7/32", "203.0.113.0/24"]
     assert model["filter"]["deny_v6"] == ["2001:db8:bad::/48"]
 
@@ -86,7 +86,7 @@ def test_duplicates_warn_and_collapse():
 
 
 def test_log_fields_follow_schema_order_and_sample_parses():
-    model, _ = _policy.validate(dict(MINIMAL, log={"fields": ["dst_port", "src_ip", "src_ip"], "sample": "1/100"}))
+    model, _warnings = _policy.validate(dict(MINIMAL, log={"fields": ["dst_port", "src_ip", "src_ip"], "sample": "1/100"}))
     assert model["log"]["fields"] == ["src_ip", "dst_port"]
     assert model["log"]["sample"] == 100
     assert model["log"]["enabled"] is True
@@ -108,7 +108,7 @@ def test_digest_ignores_key_order():
 
 
 def test_map_contents_carry_rule_ids():
-    model, _ = _policy.validate(dict(MINIMAL, filter={"deny": ["198.51.100.0/24"], "allow": ["2001:db8::/64"]}))
+    model, _warnings = _policy.validate(dict(MINIMAL, filter={"deny": ["198.51.100.0/24"], "allow": ["2001:db8::/64"]}))
     contents = _policy.map_contents(model)
     assert contents["deny_v4"] == [["198.51.100.0/24", _policy.RULE_IDS["deny"]]]
     assert contents["allow_v6"] == [["2001:db8::/64", _policy.RULE_IDS["allow"]]]

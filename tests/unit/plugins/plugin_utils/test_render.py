@@ -14,7 +14,7 @@ POLICY = {
 
 
 def render(raw):
-    model, _ = _policy.validate(copy.deepcopy(raw), "t.yml")
+    model, _warnings = _policy.validate(copy.deepcopy(raw), "t.yml")
     return _render.render(model)
 
 
