@@ -86,7 +86,8 @@ def test_duplicates_warn_and_collapse():
 
 
 def test_log_fields_follow_schema_order_and_sample_parses():
-    model, _warnings = _policy.validate(dict(MINIMAL, log={"fields": ["dst_port", "src_ip", "src_ip"], "sample": "1/100"}))
+    raw = dict(MINIMAL, log={"fields": ["dst_port", "src_ip", "src_ip"], "sample": "1/100"})
+    model, _warnings = _policy.validate(raw)
     assert model["log"]["fields"] == ["src_ip", "dst_port"]
     assert model["log"]["sample"] == 100
     assert model["log"]["enabled"] is True
