@@ -124,8 +124,6 @@ def parse_payload(payload, truncated):
     return None
 
 
-
-
 class RecordDecoder(object):
     """Decoder for one policy's log configuration.
 

@@ -86,6 +86,15 @@ def test_invalid_policy_fails_with_paths_and_touches_nothing(prepared):
     assert lab.exec("h1", "test", "-e", "/sys/fs/bpf/bpfleet/broken", check=False).returncode == 1
 
 
+def test_interface_missing_on_the_host_fails_before_any_change(prepared):
+    lab = prepared
+    ghost = {"name": "ghost", "interfaces": ["eth9"], "filter": {"deny": ["198.51.100.0/24"]}}
+    outcome = lab.playbook([policy_task(ghost)], hosts="h1", expect_failure=True)
+    assert "interface eth9 does not exist on this host" in result_of(outcome, "h1")["msg"]
+    assert lab.exec("h1", "test", "-e", "/var/lib/bpfleet/ghost", check=False).returncode == 1
+    assert lab.exec("h1", "test", "-e", "/sys/fs/bpf/bpfleet/ghost", check=False).returncode == 1
+
+
 def test_check_mode_reports_a_list_edit_without_applying_it(prepared):
     lab = prepared
     h3_ip = lab.hosts["h3"]["lab_ipv4"]
@@ -195,6 +204,13 @@ def test_foreign_xdp_program_is_refused_unless_forced(prepared, tmp_path):
                                       "register": "out"}], hosts="h2"), "h2")
     assert absent["changed"] is True
     assert xdp_prog_id(lab, "h2") is None
+    # On a host without the policy, check mode says a compile and attach would happen and does neither.
+    planned = result_of(lab.playbook([policy_task(BASE_POLICY)], hosts="h2", check=True), "h2")
+    assert planned["changed"] is True and planned["compiled"] is True
+    assert "compile and load: policy not applied on this host yet" in planned["plan"]
+    assert "attach XDP on eth0: new program version" in planned["plan"]
+    assert xdp_prog_id(lab, "h2") is None
+    assert lab.exec("h2", "test", "-e", "/var/lib/bpfleet/lab-edge", check=False).returncode == 1
     script = tmp_path / "foreign.py"
     script.write_text(FOREIGN_XDP)
     lab.exec("h2", "/usr/bin/python3", str(script))

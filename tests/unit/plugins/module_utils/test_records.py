@@ -60,7 +60,8 @@ def make_record(**fields):
     return _records.RECORD.pack(*values.values()) + payload
 
 
-def decode(raws, fields=ALL_FIELDS, **kwargs):
+def decode(raws, fields=None, **kwargs):
+    fields = ALL_FIELDS if fields is None else fields
     kwargs.setdefault("host", "h1")
     kwargs.setdefault("rule_names", RULES)
     kwargs.setdefault("iface_names", IFACES)
@@ -68,7 +69,7 @@ def decode(raws, fields=ALL_FIELDS, **kwargs):
     return _records.decode_batch(raws, fields, **kwargs)
 
 
-def decode_one(raw, fields=ALL_FIELDS, **kwargs):
+def decode_one(raw, fields=None, **kwargs):
     result = decode([raw], fields, **kwargs)
     assert result.malformed == 0
     assert len(result.records) == 1
