@@ -599,6 +599,9 @@ def test_agent_writes_records_follows_replacement_and_stops_cleanly(kernel, tmp_
             kernel.emit(make_record(i, dst_port=7000 + i), control=SECOND_RING)
         wait_for(lambda: len(read_lines(log_file)) == 3, what="records in the reopened file")
 
+        # The status file is rewritten every --status-interval: wait for the one that
+        # includes the last batch instead of reading whatever is there.
+        wait_for(lambda: policy_status().get("records_written") == 48, what="status counting 48 records")
         status = read_json(status_path)
         assert status["pid"] == agent.pid
         assert status["version"] == "0.1.0"
