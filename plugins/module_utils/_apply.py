@@ -175,10 +175,26 @@ class PolicyHost:
                     os.close(fd)
             plan.map_deltas[map_name] = maps.delta(live, desired)
 
+    def _interface_owners(self):
+        """Interfaces claimed by the other policies applied on this host."""
+        owners = {}
+        for other in paths.applied_policies():
+            if other != self.name:
+                for iface in (paths.read_json(paths.state_file(other)) or {}).get("interfaces", []):
+                    owners[iface] = other
+        return owners
+
     def _plan_attachments(self, plan, pinned_ids):
         desired_ifaces = self.rendered["interfaces"]
         wanted_mode = self.rendered["xdp_mode"]
+        owners = self._interface_owners()
         for iface in desired_ifaces:
+            # One XDP program per interface: two policies on one interface would replace
+            # each other's program on every run.
+            if iface in owners:
+                raise PolicyFailure("interface %s is already used by policy %r on this host; remove it from one "
+                                    "of the two policies (or remove %r with state: absent)" % (
+                                        iface, owners[iface], owners[iface]))
             try:
                 current = attach.xdp_attachment(self.runner, iface)
             except attach.InterfaceMissing as exc:

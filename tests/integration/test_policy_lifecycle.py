@@ -95,6 +95,16 @@ def test_interface_missing_on_the_host_fails_before_any_change(prepared):
     assert lab.exec("h1", "test", "-e", "/sys/fs/bpf/bpfleet/ghost", check=False).returncode == 1
 
 
+def test_a_second_policy_cannot_take_an_interface_of_the_first(prepared):
+    lab = prepared
+    rival = {"name": "rival", "interfaces": ["eth0"], "filter": {"deny": ["192.0.2.0/24"]}}
+    before = xdp_prog_id(lab, "h1")
+    outcome = lab.playbook([policy_task(rival)], hosts="h1", expect_failure=True)
+    assert "interface eth0 is already used by policy 'lab-edge' on this host" in result_of(outcome, "h1")["msg"]
+    assert xdp_prog_id(lab, "h1") == before
+    assert lab.exec("h1", "test", "-e", "/var/lib/bpfleet/rival", check=False).returncode == 1
+
+
 def test_check_mode_reports_a_list_edit_without_applying_it(prepared):
     lab = prepared
     h3_ip = lab.hosts["h3"]["lab_ipv4"]
