@@ -9,9 +9,10 @@ so hosts need neither Jinja2 nor the templates.
 from __future__ import annotations
 
 import json
+import os
 
 import yaml
-from ansible.errors import AnsibleActionFail
+from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
@@ -31,6 +32,7 @@ class ActionModule(ActionBase):
     _VALID_ARGS = frozenset(("src", "policy", "name", "state", "force"))
 
     def _load_policy(self, args):
+        """Return (raw policy, source name, list-file reader), or (None, None, None)."""
         src = args.get("src")
         policy = args.get("policy")
         if src is not None and policy is not None:
@@ -39,14 +41,29 @@ class ActionModule(ActionBase):
             path = self._find_needle("files", src)
             try:
                 with open(path, "rb") as handle:
-                    return yaml.safe_load(handle), src
+                    raw = yaml.safe_load(handle)
             except yaml.YAMLError as exc:
                 raise AnsibleActionFail("%s: not valid YAML: %s" % (src, to_text(exc))) from exc
             except OSError as exc:
                 raise AnsibleActionFail("%s: cannot read: %s" % (src, to_text(exc))) from exc
+            base = os.path.dirname(path)
+            return raw, src, lambda name: self._read_list_file(os.path.join(base, name))
         if policy is not None:
-            return _plain(policy), "<inline policy>"
-        return None, None
+            return _plain(policy), "<inline policy>", self._read_searched_list_file
+        return None, None, None
+
+    def _read_searched_list_file(self, name):
+        """List files of an inline policy are searched like a `files/` source."""
+        try:
+            path = self._find_needle("files", name)
+        except AnsibleError as exc:
+            raise OSError("not found in the files search path (%s)" % to_text(exc).splitlines()[0]) from exc
+        return self._read_list_file(path)
+
+    @staticmethod
+    def _read_list_file(path):
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -56,7 +73,7 @@ class ActionModule(ActionBase):
         if state not in ("present", "absent", "rendered"):
             raise AnsibleActionFail("state must be present, absent or rendered, got %r" % (state,))
 
-        raw, source = self._load_policy(args)
+        raw, source, read_file = self._load_policy(args)
         if raw is None:
             if state != "absent" or not args.get("name"):
                 raise AnsibleActionFail("give src (a policy file) or policy (a dict)%s" % (
@@ -66,7 +83,7 @@ class ActionModule(ActionBase):
             return result
 
         try:
-            model, warnings = _policy.validate(raw, source)
+            model, warnings = _policy.validate(raw, source, read_file=read_file)
         except _policy.PolicyError as exc:
             result["failed"] = True
             result["msg"] = "invalid policy (%d problem%s):\n%s" % (

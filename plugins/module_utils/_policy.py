@@ -44,10 +44,130 @@ ALLOW_V6_MAX = 65536
 # Rule ids are part of the kernel/user-space contract (docs/architecture.md).
 RULE_IDS = {"default": 0, "deny": 1, "allow": 2}
 
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,46}[a-z0-9])?$")
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,46}[a-z0-9])?$"
+IFACE_PATTERN = r"^[^/\s:]{1,15}$"
+SAMPLE_PATTERN = r"^\s*1\s*/\s*[0-9]+\s*$"
+SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?\s*[kKmMgG]?[bB]?$"
+MAX_SINK_KEEP = 1000
+
+_NAME_RE = re.compile(NAME_PATTERN)
 # IFNAMSIZ is 16 including the NUL; '/' and whitespace are rejected by the kernel.
-_IFACE_RE = re.compile(r"^[^/\s:]{1,15}$")
+_IFACE_RE = re.compile(IFACE_PATTERN)
 _SAMPLE_RE = re.compile(r"^\s*1\s*/\s*([0-9]+)\s*$")
+_SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]?)[bB]?$")
+_SIZE_FACTORS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _cidr_list_schema(what):
+    return {
+        "type": "array",
+        "default": [],
+        "description": what,
+        "items": {"oneOf": [
+            {"type": "string", "description": "An IPv4 or IPv6 network in CIDR notation with the host bits clear."},
+            {"type": "object", "additionalProperties": False, "required": ["cidr"],
+             "description": "A network with a comment that stays in git (not on the host).",
+             "properties": {"cidr": {"type": "string", "description": "The network in CIDR notation."},
+                            "comment": {"type": "string", "description": "Why this entry exists."}}},
+            {"type": "object", "additionalProperties": False, "required": ["file"],
+             "description": "A list file: one CIDR per line, `#` starts a comment. The path is relative to the "
+                            "policy file (or, for an inline policy, searched like a `files/` source).",
+             "properties": {"file": {"type": "string", "description": "Path of the list file."}}},
+        ]},
+    }
+
+
+# The published schema (docs/policy.schema.json) and the reference page (docs/policy-reference.md)
+# are generated from this document, and the validator takes the allowed keys from it, so the
+# three cannot drift apart. The validator still does the checks a JSON Schema cannot express
+# (host bits, overlaps between lists, map limits) and words the errors for people.
+POLICY_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "urn:bpfleet:policy:v%d" % SCHEMA_VERSION,
+    "title": "bpfleet policy",
+    "description": "Which traffic a host filters with XDP and which packet headers it logs, on which interfaces.",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "interfaces"],
+    "properties": {
+        "name": {"type": "string", "pattern": NAME_PATTERN,
+                 "description": "1-48 characters of a-z, 0-9, `-` and `_`, starting and ending with a letter or "
+                                "digit. Names the pins (/sys/fs/bpf/bpfleet/<name>/) and the state "
+                                "(/var/lib/bpfleet/<name>/). A host may carry several policies on different "
+                                "interfaces."},
+        "interfaces": {"type": "array", "minItems": 1, "uniqueItems": True,
+                       "items": {"type": "string", "pattern": IFACE_PATTERN, "not": {"const": "lo"}},
+                       "description": "Interfaces to attach to (at most 15 characters, no `/`, not `lo`). An "
+                                      "interface missing on a host fails that host's task before any change."},
+        "xdp_mode": {"enum": list(XDP_MODES), "default": "auto",
+                     "description": "`auto` tries native XDP and falls back to generic (the facts say which is in "
+                                    "use); `native` and `generic` demand that mode."},
+        "filter": {
+            "type": "object", "additionalProperties": False, "default": {},
+            "description": "The XDP filter. It decides on the source address of IPv4 and IPv6 packets; non-IP "
+                           "frames (ARP) always pass.",
+            "properties": {
+                "default": {"enum": list(FILTER_DEFAULTS), "default": "allow",
+                            "description": "What happens to an IP packet that no list matches. `deny` makes the "
+                                           "allow list the only way in."},
+                "deny": _cidr_list_schema("Source networks to drop. IPv4 and IPv6 may be mixed. Limits: %d IPv4 "
+                                          "and %d IPv6 prefixes." % (DENY_V4_MAX, DENY_V6_MAX)),
+                "allow": _cidr_list_schema("Source networks that pass even when a deny entry matches (exceptions),"
+                                           " and the only sources that pass with `default: deny`. Limits: %d IPv4 "
+                                           "and %d IPv6 prefixes. A network in both lists is an error."
+                                           % (ALLOW_V4_MAX, ALLOW_V6_MAX)),
+            },
+        },
+        "log": {
+            "type": "object", "additionalProperties": False,
+            "description": "Header records. Without this section nothing is logged and no tc program is attached.",
+            "properties": {
+                "enabled": {"type": "boolean", "default": True,
+                            "description": "Produce header records (default true when the section exists)."},
+                "fields": {"type": "array", "uniqueItems": True, "items": {"enum": list(LOG_FIELDS)},
+                           "default": list(DEFAULT_LOG_FIELDS),
+                           "description": "Fields of each JSON record besides the always present `ts`, `host`, "
+                                          "`iface` and `dir`. Records keep the schema's order."},
+                "directions": {"type": "array", "minItems": 1, "uniqueItems": True,
+                               "items": {"enum": list(LOG_DIRECTIONS)}, "default": list(LOG_DIRECTIONS),
+                               "description": "tc clsact hooks that log. Drops at XDP are logged when `ingress` is "
+                                              "listed."},
+                "sample": {"oneOf": [{"type": "string", "pattern": SAMPLE_PATTERN},
+                                     {"type": "integer", "minimum": 1, "maximum": 1000000}],
+                           "default": "1/1",
+                           "description": "Log one packet in N (`1/N`, N from 1 to 1,000,000; a bare integer N "
+                                          "means the same), chosen at random in the kernel."},
+                "sink": {
+                    "type": "object", "additionalProperties": False, "default": {},
+                    "description": "Where the agent writes the records.",
+                    "properties": {
+                        "file": {"type": "string", "pattern": "^/", "default": DEFAULT_LOG_FILE,
+                                 "description": "Absolute path of the JSON-lines file."},
+                        "max_size": {"oneOf": [{"type": "integer", "minimum": 1},
+                                               {"type": "string", "pattern": SIZE_PATTERN}],
+                                     "description": "Rotate the file when it reaches this size (bytes, or with a "
+                                                    "K, M or G suffix). Without it the agent never rotates; "
+                                                    "logrotate with SIGHUP works either way."},
+                        "keep": {"type": "integer", "minimum": 1, "maximum": MAX_SINK_KEEP, "default": 5,
+                                 "description": "Rotated files to keep (file.1 ... file.N)."},
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def schema_node(*path):
+    """The schema of a nested field, e.g. schema_node("log", "sink")."""
+    node = POLICY_SCHEMA
+    for key in path:
+        node = node["properties"][key]
+    return node
+
+
+def _keys(*path):
+    return tuple(schema_node(*path)["properties"])
 
 
 class PolicyError(ValueError):
@@ -58,9 +178,14 @@ class PolicyError(ValueError):
         super(PolicyError, self).__init__("\n".join(self.problems))
 
 
+# A list file may hold a million lines: report only the first few duplicates of each list.
+MAX_DUPLICATE_WARNINGS = 10
+
+
 class _Collector:
-    def __init__(self, source):
+    def __init__(self, source, read_file=None):
         self.source = source or "<inline policy>"
+        self.read_file = read_file
         self.errors = []
         self.warnings = []
 
@@ -96,21 +221,70 @@ def _expect(col, path, value, kind, kind_name):
     return True
 
 
+def _parse_network(col, entry_path, text, seen, duplicates):
+    """One CIDR; returns the network, or None after reporting the problem."""
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        if "has host bits set" in str(exc):
+            loose = ipaddress.ip_network(text, strict=False)
+            col.error(entry_path, "host bits set in %s (did you mean %s?)" % (text, loose))
+        else:
+            col.error(entry_path, "not an IP network: %s" % text)
+        return None
+    if network in seen:
+        duplicates.append((entry_path, seen[network]))
+        return None
+    seen[network] = entry_path
+    return network
+
+
+def _list_file_lines(col, entry_path, name):
+    """(line number, CIDR text) of a list file: one CIDR per line, '#' starts a comment."""
+    if not isinstance(name, str) or not name.strip():
+        col.error(entry_path + ".file", "expected a file path, got %r" % (name,))
+        return []
+    if col.read_file is None:
+        col.error(entry_path + ".file", "list files are read on the controller by the policy action plugin; "
+                                        "this caller cannot read %s" % name)
+        return []
+    try:
+        text = col.read_file(name)
+    except (OSError, ValueError) as exc:
+        col.error(entry_path + ".file", "cannot read list file %s: %s" % (name, exc))
+        return []
+    lines = []
+    for number, line in enumerate(text.splitlines(), 1):
+        cidr = line.split("#", 1)[0].strip()
+        if cidr:
+            lines.append((number, cidr))
+    return lines
+
+
 def _parse_networks(col, path, entries):
-    """Return (v4, v6) lists of (network, comment) from CIDR strings or {cidr, comment} dicts."""
+    """Return (v4, v6) lists of (network, comment) from CIDR strings, {cidr, comment} or {file}."""
     v4, v6 = [], []
     if entries is None:
         return v4, v6
     if not _expect(col, path, entries, list, "a list of CIDRs"):
         return v4, v6
     seen = {}
+    duplicates = []
     for index, entry in enumerate(entries):
         entry_path = _join(path, index)
         comment = None
+        if isinstance(entry, dict) and "file" in entry:
+            _check_keys(col, entry_path, entry, ("file",))
+            name = entry["file"]
+            for number, cidr in _list_file_lines(col, entry_path, name):
+                network = _parse_network(col, "%s (%s line %d)" % (entry_path, name, number), cidr, seen, duplicates)
+                if network is not None:
+                    (v4 if network.version == 4 else v6).append((network, None))
+            continue
         if isinstance(entry, dict):
             _check_keys(col, entry_path, entry, ("cidr", "comment"))
             if "cidr" not in entry:
-                col.error(entry_path, "missing required field 'cidr'")
+                col.error(entry_path, "missing required field 'cidr' (or 'file' for a list file)")
                 continue
             comment = entry.get("comment")
             if comment is not None and not isinstance(comment, str):
@@ -119,21 +293,13 @@ def _parse_networks(col, path, entries):
         if not isinstance(entry, str) or isinstance(entry, bool):
             col.error(entry_path, "not an IP network: %r" % (entry,))
             continue
-        text = entry.strip()
-        try:
-            network = ipaddress.ip_network(text, strict=True)
-        except ValueError as exc:
-            if "has host bits set" in str(exc):
-                loose = ipaddress.ip_network(text, strict=False)
-                col.error(entry_path, "host bits set in %s (did you mean %s?)" % (text, loose))
-            else:
-                col.error(entry_path, "not an IP network: %s" % text)
-            continue
-        if network in seen:
-            col.warn(entry_path, "duplicate of %s" % _join(path, seen[network]))
-            continue
-        seen[network] = index
-        (v4 if network.version == 4 else v6).append((network, comment))
+        network = _parse_network(col, entry_path, entry.strip(), seen, duplicates)
+        if network is not None:
+            (v4 if network.version == 4 else v6).append((network, comment))
+    for entry_path, first in duplicates[:MAX_DUPLICATE_WARNINGS]:
+        col.warn(entry_path, "duplicate of %s" % first)
+    if len(duplicates) > MAX_DUPLICATE_WARNINGS:
+        col.warn(path, "%d more duplicate entries" % (len(duplicates) - MAX_DUPLICATE_WARNINGS))
     return v4, v6
 
 
@@ -149,7 +315,7 @@ def _validate_filter(col, raw):
         return result
     if not _expect(col, "filter", raw, dict, "a mapping"):
         return result
-    _check_keys(col, "filter", raw, ("default", "deny", "allow"))
+    _check_keys(col, "filter", raw, _keys("filter"))
     default = raw.get("default", "allow")
     if default not in FILTER_DEFAULTS:
         col.error("filter.default", "must be one of %s, got %r" % (", ".join(FILTER_DEFAULTS), default))
@@ -175,6 +341,22 @@ def _validate_filter(col, raw):
     return result
 
 
+def _parse_size(col, path, value):
+    """Bytes from 1048576, "100M", "1G", "512k"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = _SIZE_RE.match(value.strip()) if isinstance(value, str) else None
+        if not match:
+            col.error(path, "must be a size such as 104857600, 100M or 1G, got %r" % (value,))
+            return None
+        size = int(float(match.group(1)) * _SIZE_FACTORS[match.group(2).upper()])
+    if size < 4096:
+        col.error(path, "%r is under 4 KiB: the log would rotate on almost every write" % (value,))
+        return None
+    return size
+
+
 def _validate_log(col, raw):
     result = {
         "enabled": raw is not None,
@@ -182,12 +364,14 @@ def _validate_log(col, raw):
         "directions": list(LOG_DIRECTIONS),
         "sample": 1,
         "file": DEFAULT_LOG_FILE,
+        "max_size": None,
+        "keep": 5,
     }
     if raw is None:
         return result
     if not _expect(col, "log", raw, dict, "a mapping"):
         return result
-    _check_keys(col, "log", raw, ("enabled", "fields", "directions", "sample", "sink"))
+    _check_keys(col, "log", raw, _keys("log"))
     enabled = raw.get("enabled", True)
     if _expect(col, "log.enabled", enabled, bool, "true or false"):
         result["enabled"] = enabled
@@ -228,22 +412,34 @@ def _validate_log(col, raw):
     if "sink" in raw:
         sink = raw["sink"]
         if _expect(col, "log.sink", sink, dict, "a mapping"):
-            _check_keys(col, "log.sink", sink, ("file",))
+            _check_keys(col, "log.sink", sink, _keys("log", "sink"))
             path = sink.get("file", DEFAULT_LOG_FILE)
             if not isinstance(path, str) or not path.startswith("/") or "\n" in path or path.endswith("/"):
                 col.error("log.sink.file", "must be an absolute file path, got %r" % (path,))
             else:
                 result["file"] = path
+            if "max_size" in sink:
+                result["max_size"] = _parse_size(col, "log.sink.max_size", sink["max_size"])
+            if "keep" in sink:
+                keep = sink["keep"]
+                if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= MAX_SINK_KEEP:
+                    col.error("log.sink.keep", "must be a whole number from 1 to %d, got %r" % (MAX_SINK_KEEP, keep))
+                else:
+                    result["keep"] = keep
     return result
 
 
-def validate(raw, source=None):
-    """Validate a policy mapping; return (model, warnings) or raise PolicyError with all problems."""
-    col = _Collector(source)
+def validate(raw, source=None, read_file=None):
+    """Validate a policy mapping; return (model, warnings) or raise PolicyError with all problems.
+
+    `read_file(name) -> text` reads the list files a policy names (relative to the policy);
+    without it a policy that names list files is an error.
+    """
+    col = _Collector(source, read_file)
     if not isinstance(raw, dict):
         col.error("", "a policy must be a mapping, got %s" % type(raw).__name__)
         raise PolicyError(col.errors)
-    _check_keys(col, "", raw, ("name", "interfaces", "xdp_mode", "filter", "log"))
+    _check_keys(col, "", raw, _keys())
 
     name = raw.get("name")
     if name is None:

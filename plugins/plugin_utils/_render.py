@@ -105,5 +105,7 @@ def render(model):
             "directions": model["log"]["directions"],
             "sample": model["log"]["sample"],
             "file": model["log"]["file"],
+            "max_size": model["log"]["max_size"],
+            "keep": model["log"]["keep"],
         },
     }

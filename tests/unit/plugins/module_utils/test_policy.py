@@ -118,3 +118,75 @@ def test_map_contents_carry_rule_ids():
 
 def test_non_mapping_policy():
     assert problems_of(["not", "a", "mapping"]) == ["edge.yml: (top level): a policy must be a mapping, got list"]
+
+
+def reader(files):
+    def read(name):
+        if name not in files:
+            raise OSError("No such file or directory")
+        return files[name]
+    return read
+
+
+def test_list_files_are_read_with_line_numbers_in_errors():
+    files = {"lists/deny.txt": "# scanners\n198.51.100.0/24\n\n2001:db8:bad::/48  # v6\n10.0.0.300/24\n"}
+    raw = dict(MINIMAL, filter={"deny": ["203.0.113.0/24", {"file": "lists/deny.txt"}]})
+    with pytest.raises(_policy.PolicyError) as caught:
+        _policy.validate(raw, "edge.yml", read_file=reader(files))
+    assert caught.value.problems == [
+        "edge.yml: filter.deny[1] (lists/deny.txt line 5): not an IP network: 10.0.0.300/24"]
+    files["lists/deny.txt"] = files["lists/deny.txt"].replace("10.0.0.300/24", "203.0.113.0/24")
+    model, warnings = _policy.validate(raw, "edge.yml", read_file=reader(files))
+    assert model["filter"]["deny_v4"] == ["198.51.100.0/24", "203.0.113.0/24"]
+    assert model["filter"]["deny_v6"] == ["2001:db8:bad::/48"]
+    assert warnings == ["edge.yml: filter.deny[1] (lists/deny.txt line 5): duplicate of filter.deny[0]"]
+
+
+def test_list_file_that_cannot_be_read():
+    raw = dict(MINIMAL, filter={"allow": [{"file": "missing.txt"}]})
+    with pytest.raises(_policy.PolicyError) as caught:
+        _policy.validate(raw, "edge.yml", read_file=reader({}))
+    assert caught.value.problems == [
+        "edge.yml: filter.allow[0].file: cannot read list file missing.txt: No such file or directory"]
+
+
+def test_list_file_without_a_reader_is_an_error_not_a_crash():
+    problems = problems_of(dict(MINIMAL, filter={"deny": [{"file": "x.txt"}]}))
+    assert len(problems) == 1 and problems[0].startswith("edge.yml: filter.deny[0].file: list files are read")
+
+
+def test_many_duplicates_are_summarised():
+    entries = ["198.51.100.0/24"] * 25
+    _model, warnings = _policy.validate(dict(MINIMAL, filter={"deny": entries}), "edge.yml")
+    assert len(warnings) == _policy.MAX_DUPLICATE_WARNINGS + 1
+    assert warnings[-1] == "edge.yml: filter.deny: %d more duplicate entries" % (24 - _policy.MAX_DUPLICATE_WARNINGS)
+
+
+@pytest.mark.parametrize("size, expected", [
+    (1048576, 1048576), ("100M", 100 << 20), ("1.5G", int(1.5 * (1 << 30))), ("512k", 512 << 10), ("64KB", 64 << 10),
+])
+def test_sink_rotation_sizes(size, expected):
+    model, _warnings = _policy.validate(dict(MINIMAL, log={"sink": {"max_size": size, "keep": 3}}))
+    assert model["log"]["max_size"] == expected
+    assert model["log"]["keep"] == 3
+
+
+@pytest.mark.parametrize("sink, path", [
+    ({"max_size": "huge"}, "log.sink.max_size"), ({"max_size": 100}, "log.sink.max_size"),
+    ({"keep": 0}, "log.sink.keep"), ({"keep": True}, "log.sink.keep"), ({"rotate": 1}, "log.sink.rotate"),
+])
+def test_bad_sink_settings(sink, path):
+    problems = problems_of(dict(MINIMAL, log={"sink": sink}))
+    assert len(problems) == 1 and problems[0].startswith("edge.yml: %s: " % path)
+
+
+def test_schema_lists_exactly_the_keys_the_validator_accepts():
+    for path in [(), ("filter",), ("log",), ("log", "sink")]:
+        for key in _policy.schema_node(*path)["properties"]:
+            raw = dict(MINIMAL)
+            node = raw
+            for part in path:
+                node = node.setdefault(part, {})
+            node[key] = object()  # a wrong type, but not an unknown key
+            problems = problems_of(raw)
+            assert not any("unknown field" in p for p in problems), (path, key, problems)
