@@ -59,8 +59,8 @@ def _rows(node: dict, path: str, required: set) -> list[str]:
         field = "%s.%s" % (path, key) if path else key
         needed = "yes" if key in required else ""
         description = " ".join(child.get("description", "").split())
-        rows.append("| `%s` | %s | %s | %s | %s |" % (field, _type_of(child), needed, _default_of(child),
-                                                     description.replace("|", "\\|")))
+        cells = (field, _type_of(child), needed, _default_of(child), description.replace("|", "\\|"))
+        rows.append("| `%s` | %s | %s | %s | %s |" % cells)
         if child.get("type") == "object" and "properties" in child:
             rows.extend(_rows(child, field, set(child.get("required", []))))
     return rows
