@@ -30,6 +30,7 @@ from ansible_collections.bpfleet.core.plugins.module_utils import _maps as maps
 
 # bpffs refuses names with a dot, so the staged pins use an underscore suffix.
 NEXT_SUFFIX = "_next"
+ALL_INTERFACES = "all"  # _policy.ALL_INTERFACES; module_utils here do not import the schema
 
 
 class PolicyFailure(Exception):
@@ -113,7 +114,11 @@ class Plan:
 class PolicyHost:
     def __init__(self, runner, rendered, force=False):
         self.runner = runner
-        self.rendered = rendered
+        self.rendered = dict(rendered)
+        if rendered.get("interfaces") == [ALL_INTERFACES]:
+            self.rendered["interfaces"] = attach.all_interfaces(runner)
+            if not self.rendered["interfaces"]:
+                raise PolicyFailure("interfaces: all, but this host has no interface besides lo")
         self.name = rendered["name"]
         self.force = force
         self.state = paths.read_json(paths.state_file(self.name))

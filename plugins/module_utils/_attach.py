@@ -36,6 +36,12 @@ def link_info(runner, iface):
     return data[0] if data else {}
 
 
+def all_interfaces(runner):
+    """Every interface of the host except loopback, sorted."""
+    links = runner.query_json(["ip", "-j", "link", "show"])
+    return sorted(link["ifname"] for link in links if "LOOPBACK" not in link.get("flags", []))
+
+
 def xdp_attachment(runner, iface):
     """The XDP program attached to an interface, or None."""
     xdp = link_info(runner, iface).get("xdp")

@@ -21,6 +21,7 @@ import re
 SCHEMA_VERSION = 1
 
 XDP_MODES = ("auto", "native", "generic")
+ALL_INTERFACES = "all"
 FILTER_DEFAULTS = ("allow", "deny")
 LOG_DIRECTIONS = ("ingress", "egress")
 
@@ -46,15 +47,15 @@ RULE_IDS = {"default": 0, "deny": 1, "allow": 2}
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,46}[a-z0-9])?$"
 IFACE_PATTERN = r"^[^/\s:]{1,15}$"
-SAMPLE_PATTERN = r"^\s*1\s*/\s*[0-9]+\s*$"
-SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?\s*[kKmMgG]?[bB]?$"
+SAMPLE_PATTERN = r"^\s*1\s*/\s*[0-9]{1,7}\s*$"
+SIZE_PATTERN = r"^[0-9]{1,15}(\.[0-9]{1,6})?\s*[kKmMgG]?[bB]?$"
 MAX_SINK_KEEP = 1000
 
 _NAME_RE = re.compile(NAME_PATTERN)
 # IFNAMSIZ is 16 including the NUL; '/' and whitespace are rejected by the kernel.
 _IFACE_RE = re.compile(IFACE_PATTERN)
-_SAMPLE_RE = re.compile(r"^\s*1\s*/\s*([0-9]+)\s*$")
-_SIZE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]?)[bB]?$")
+_SAMPLE_RE = re.compile(r"^\s*1\s*/\s*([0-9]{1,7})\s*$")
+_SIZE_RE = re.compile(r"^([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*([kKmMgG]?)[bB]?$")
 _SIZE_FACTORS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -95,10 +96,14 @@ POLICY_SCHEMA = {
                                 "digit. Names the pins (/sys/fs/bpf/bpfleet/<name>/) and the state "
                                 "(/var/lib/bpfleet/<name>/). A host may carry several policies on different "
                                 "interfaces."},
-        "interfaces": {"type": "array", "minItems": 1, "uniqueItems": True,
-                       "items": {"type": "string", "pattern": IFACE_PATTERN, "not": {"const": "lo"}},
-                       "description": "Interfaces to attach to (at most 15 characters, no `/`, not `lo`). An "
-                                      "interface missing on a host fails that host's task before any change."},
+        "interfaces": {"oneOf": [
+            {"type": "array", "minItems": 1, "uniqueItems": True,
+             "items": {"type": "string", "pattern": IFACE_PATTERN, "not": {"const": "lo"}}},
+            {"const": ALL_INTERFACES}],
+            "description": "Interfaces to attach to (at most 15 characters, no `/`, not `lo`), or `all`: every "
+                           "interface of the host except `lo`, resolved on each host at each run (a new "
+                           "interface is picked up by the next run). A named interface missing on a host fails "
+                           "that host's task before any change."},
         "xdp_mode": {"enum": list(XDP_MODES), "default": "auto",
                      "description": "`auto` tries native XDP and falls back to generic (the facts say which is in "
                                     "use); `native` and `generic` demand that mode."},
@@ -223,6 +228,10 @@ def _expect(col, path, value, kind, kind_name):
 
 def _parse_network(col, entry_path, text, seen, duplicates):
     """One CIDR; returns the network, or None after reporting the problem."""
+    if "%" in text:
+        # ipaddress accepts an IPv6 scope id; a map prefix has none.
+        col.error(entry_path, "not an IP network (a scope id has no meaning in a filter): %s" % text)
+        return None
     try:
         network = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
@@ -346,7 +355,7 @@ def _parse_size(col, path, value):
     if isinstance(value, int) and not isinstance(value, bool):
         size = value
     else:
-        match = _SIZE_RE.match(value.strip()) if isinstance(value, str) else None
+        match = _SIZE_RE.fullmatch(value.strip()) if isinstance(value, str) else None
         if not match:
             col.error(path, "must be a size such as 104857600, 100M or 1G, got %r" % (value,))
             return None
@@ -402,9 +411,9 @@ def _validate_log(col, raw):
         sample = raw["sample"]
         match = None
         if isinstance(sample, str):
-            match = _SAMPLE_RE.match(sample)
+            match = _SAMPLE_RE.fullmatch(sample)
         elif isinstance(sample, int) and not isinstance(sample, bool):
-            match = _SAMPLE_RE.match("1/%d" % sample)
+            match = _SAMPLE_RE.fullmatch("1/%d" % sample)
         if not match or not 1 <= int(match.group(1)) <= 1000000:
             col.error("log.sample", "must be '1/N' with N from 1 to 1000000, got %r" % (sample,))
         else:
@@ -414,7 +423,8 @@ def _validate_log(col, raw):
         if _expect(col, "log.sink", sink, dict, "a mapping"):
             _check_keys(col, "log.sink", sink, _keys("log", "sink"))
             path = sink.get("file", DEFAULT_LOG_FILE)
-            if not isinstance(path, str) or not path.startswith("/") or "\n" in path or path.endswith("/"):
+            if (not isinstance(path, str) or not path.startswith("/") or path.endswith("/")
+                    or any(ord(char) < 32 for char in path)):
                 col.error("log.sink.file", "must be an absolute file path, got %r" % (path,))
             else:
                 result["file"] = path
@@ -444,19 +454,23 @@ def validate(raw, source=None, read_file=None):
     name = raw.get("name")
     if name is None:
         col.error("name", "missing required field")
-    elif not isinstance(name, str) or not _NAME_RE.match(name):
+    elif not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         col.error("name", "must be 1-48 characters of a-z, 0-9, '-' and '_', starting and ending with a letter "
                   "or digit, got %r" % (name,))
 
     interfaces = raw.get("interfaces")
-    if interfaces is None:
+    if interfaces == ALL_INTERFACES:
+        interfaces = [ALL_INTERFACES]
+    elif interfaces is None:
         col.error("interfaces", "missing required field (a list of interface names)")
         interfaces = []
     elif not isinstance(interfaces, list) or not interfaces:
         col.error("interfaces", "must be a non-empty list of interface names, got %r" % (interfaces,))
         interfaces = []
     for index, iface in enumerate(interfaces):
-        if not isinstance(iface, str) or not _IFACE_RE.match(iface):
+        if iface == ALL_INTERFACES and len(interfaces) > 1:
+            col.error(_join("interfaces", index), "'all' stands alone: write interfaces: all")
+        elif not isinstance(iface, str) or not _IFACE_RE.fullmatch(iface):
             col.error(_join("interfaces", index), "not a valid interface name: %r" % (iface,))
         elif iface == "lo":
             col.error(_join("interfaces", index), "the loopback interface cannot carry a bpfleet policy")

@@ -267,3 +267,16 @@ def test_absent_removes_everything_it_made(prepared):
     again = result_of(lab.playbook([{"bpfleet.core.policy": {"name": "lab-edge", "state": "absent"},
                                      "register": "out"}], hosts="h1"), "h1")
     assert again["changed"] is False
+
+
+def test_all_interfaces_resolves_on_the_host(prepared):
+    lab = prepared
+    policy = dict(copy.deepcopy(BASE_POLICY), interfaces="all")
+    applied = result_of(lab.playbook([policy_task(policy)], hosts="h1"), "h1")
+    assert applied["changed"] is True
+    assert applied["attachments"] == {"eth0": "native"}
+    facts = facts_of(lab, "h1")["policies"]["lab-edge"]
+    assert facts["policy"]["interfaces"] == ["eth0"] and facts["healthy"] is True
+    assert result_of(lab.playbook([policy_task(policy)], hosts="h1"), "h1")["changed"] is False
+    lab.playbook([{"bpfleet.core.policy": {"name": "lab-edge", "state": "absent"}}], hosts="h1")
+    assert xdp_prog_id(lab, "h1") is None

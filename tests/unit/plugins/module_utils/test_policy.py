@@ -190,3 +190,14 @@ def test_schema_lists_exactly_the_keys_the_validator_accepts():
             node[key] = object()  # a wrong type, but not an unknown key
             problems = problems_of(raw)
             assert not any("unknown field" in p for p in problems), (path, key, problems)
+
+
+@pytest.mark.parametrize("interfaces", ["all", ["all"]])
+def test_all_interfaces_is_kept_for_the_host_to_resolve(interfaces):
+    model, _warnings = _policy.validate(dict(MINIMAL, interfaces=interfaces))
+    assert model["interfaces"] == [_policy.ALL_INTERFACES]
+
+
+def test_all_does_not_mix_with_names():
+    problems = problems_of(dict(MINIMAL, interfaces=["eth0", "all"]))
+    assert problems == ["edge.yml: interfaces[1]: 'all' stands alone: write interfaces: all"]
