@@ -46,7 +46,7 @@ ALLOW_V6_MAX = 65536
 RULE_IDS = {"default": 0, "deny": 1, "allow": 2}
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,46}[a-z0-9])?$"
-IFACE_PATTERN = r"^[^/\s:]{1,15}$"
+IFACE_PATTERN = r"^(?!\.\.?$)[^/\s:]{1,15}$"
 SAMPLE_PATTERN = r"^\s*1\s*/\s*[0-9]{1,7}\s*$"
 SIZE_PATTERN = r"^[0-9]{1,15}(\.[0-9]{1,6})?\s*[kKmMgG]?[bB]?$"
 MAX_SINK_KEEP = 1000
@@ -312,6 +312,42 @@ def _parse_networks(col, path, entries):
     return v4, v6
 
 
+def _warn_limited(col, path, messages):
+    for message in messages[:MAX_DUPLICATE_WARNINGS]:
+        col.warn(path, message)
+    if len(messages) > MAX_DUPLICATE_WARNINGS:
+        col.warn(path, "%d more such entries" % (len(messages) - MAX_DUPLICATE_WARNINGS))
+
+
+def _redundant_entries(pairs):
+    """Entries inside a wider entry of the same list: harmless, but a sign of a stale list."""
+    found = []
+    cover = None
+    for network in sorted((n for n, _comment in pairs), key=lambda n: (n.version, int(n.network_address),
+                                                                        n.prefixlen)):
+        if cover is not None and network.version == cover.version and network.subnet_of(cover):
+            found.append("%s lies inside %s (redundant)" % (network, cover))
+        else:
+            cover = network
+    return found
+
+
+def _shadowed_denies(deny, allow):
+    """Deny entries inside an allow entry never match: allow wins (docs/policy.md)."""
+    allowed = set(n for n, _comment in allow)
+    lengths = sorted(set((n.version, n.prefixlen) for n in allowed))
+    found = []
+    for network, _comment in deny:
+        for version, length in lengths:
+            if version == network.version and length <= network.prefixlen:
+                wider = network.supernet(new_prefix=length)
+                if wider in allowed:
+                    found.append("%s lies inside the allow entry %s, which wins: this deny entry never "
+                                 "matches" % (network, wider))
+                    break
+    return found
+
+
 def _sorted_networks(pairs):
     networks = [network for network, _comment in pairs]
     networks.sort(key=lambda n: (n.version, int(n.network_address), n.prefixlen))
@@ -336,6 +372,9 @@ def _validate_filter(col, raw):
                                 ("IPv4 allow", allow_v4, ALLOW_V4_MAX), ("IPv6 allow", allow_v6, ALLOW_V6_MAX)):
         if len(items) > limit:
             col.error("filter", "%d %s entries exceed the map limit of %d" % (len(items), label, limit))
+    _warn_limited(col, "filter.deny", _redundant_entries(deny_v4 + deny_v6))
+    _warn_limited(col, "filter.allow", _redundant_entries(allow_v4 + allow_v6))
+    _warn_limited(col, "filter.deny", _shadowed_denies(deny_v4 + deny_v6, allow_v4 + allow_v6))
     denied = set(network for network, _comment in deny_v4 + deny_v6)
     allowed = set(network for network, _comment in allow_v4 + allow_v6)
     both = denied & allowed
@@ -405,7 +444,7 @@ def _validate_log(col, raw):
                 if direction not in LOG_DIRECTIONS:
                     col.error(_join("log.directions", index), "must be ingress or egress, got %r" % (direction,))
             result["directions"] = [d for d in LOG_DIRECTIONS if d in directions]
-            if not result["directions"]:
+            if not result["directions"] and result["enabled"]:
                 col.error("log.directions", "must name at least one direction (or set log.enabled: false)")
     if "sample" in raw:
         sample = raw["sample"]

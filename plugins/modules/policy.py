@@ -183,6 +183,19 @@ def _ensure_bcc(module):
                      exception=_bcc_backend.BCC_IMPORT_ERROR)
 
 
+# A delta of 100,000 prefixes must not become 100,000 diff lines: list the first few of
+# each map and count the rest (the result's map_changes has the full counts).
+DIFF_ENTRIES_PER_MAP = 20
+
+
+def _entry_lines(map_name, keys):
+    names = sorted(_maps.decode_lpm_key(key) for key in keys)
+    lines = ["%s %s\n" % (map_name, cidr) for cidr in names[:DIFF_ENTRIES_PER_MAP]]
+    if len(names) > DIFF_ENTRIES_PER_MAP:
+        lines.append("%s ... and %d more\n" % (map_name, len(names) - DIFF_ENTRIES_PER_MAP))
+    return lines
+
+
 def _diff(name, rendered, plan):
     diffs = [{
         "before_header": "%s (applied)" % paths.program_file(name),
@@ -192,10 +205,8 @@ def _diff(name, rendered, plan):
     }]
     before_lines, after_lines = [], []
     for map_name, (upsert, remove) in sorted(plan.map_deltas.items()):
-        for key in sorted(remove):
-            before_lines.append("%s %s\n" % (map_name, _maps.decode_lpm_key(key)))
-        for key in sorted(upsert):
-            after_lines.append("%s %s\n" % (map_name, _maps.decode_lpm_key(key)))
+        before_lines.extend(_entry_lines(map_name, remove))
+        after_lines.extend(_entry_lines(map_name, upsert))
     if before_lines or after_lines:
         diffs.append({"before_header": "map entries removed", "after_header": "map entries added",
                       "before": "".join(before_lines), "after": "".join(after_lines)})

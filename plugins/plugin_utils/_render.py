@@ -8,6 +8,7 @@ maps it expects (shape and desired content) and the digests that make a re-run a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 
@@ -64,7 +65,9 @@ def program_manifest(model):
     return programs
 
 
+@functools.lru_cache(maxsize=1)
 def _environment():
+    """One environment per process: Jinja2 then compiles the template once, not per host."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(BPF_DIR),
         undefined=jinja2.StrictUndefined,

@@ -201,3 +201,27 @@ def test_all_interfaces_is_kept_for_the_host_to_resolve(interfaces):
 def test_all_does_not_mix_with_names():
     problems = problems_of(dict(MINIMAL, interfaces=["eth0", "all"]))
     assert problems == ["edge.yml: interfaces[1]: 'all' stands alone: write interfaces: all"]
+
+
+def test_redundant_and_shadowed_entries_warn():
+    raw = dict(MINIMAL, filter={"deny": ["198.51.100.0/24", "198.51.100.128/25", "203.0.113.0/28",
+                                         "2001:db8::/32", "2001:db8:1::/48"],
+                                "allow": ["203.0.113.0/24"]})
+    model, warnings = _policy.validate(raw, "edge.yml")
+    assert model["filter"]["deny_v4"] == ["198.51.100.0/24", "198.51.100.128/25", "203.0.113.0/28"]
+    assert warnings == [
+        "edge.yml: filter.deny: 198.51.100.128/25 lies inside 198.51.100.0/24 (redundant)",
+        "edge.yml: filter.deny: 2001:db8:1::/48 lies inside 2001:db8::/32 (redundant)",
+        "edge.yml: filter.deny: 203.0.113.0/28 lies inside the allow entry 203.0.113.0/24, which wins: this deny "
+        "entry never matches",
+    ]
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_dot_interface_names(name):
+    assert problems_of(dict(MINIMAL, interfaces=[name]))[0].startswith("edge.yml: interfaces[0]: ")
+
+
+def test_logging_off_needs_no_directions():
+    model, _warnings = _policy.validate(dict(MINIMAL, log={"enabled": False, "directions": []}))
+    assert model["log"]["enabled"] is False
