@@ -85,9 +85,11 @@ def reference_markdown() -> str:
     lines += [
         "",
         "Checks beyond the schema, done by the validator with a message per problem:",
-        "host bits set in a CIDR, a network in both `filter.deny` and `filter.allow`, more entries",
-        "than a map holds, duplicate entries (a warning), `filter.default: deny` with an empty",
-        "allow list (a warning), unreadable list files and bad lines in them (named by line).",
+        "host bits set in a CIDR, IPv6 scope ids, a network in both `filter.deny` and `filter.allow`,",
+        "more entries than a map holds, unreadable list files and bad lines in them (named by line).",
+        "Warnings (the policy still applies): duplicate entries, entries inside a wider entry of the",
+        "same list, deny entries inside an allow entry (allow wins, so they never match), and",
+        "`filter.default: deny` with an empty allow list.",
         "",
     ]
     return "\n".join(lines)
