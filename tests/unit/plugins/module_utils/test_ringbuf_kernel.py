@@ -29,6 +29,7 @@ import pytest
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.bpfleet.core.plugins.module_utils import _records, _ringbuf
+from ansible_collections.bpfleet.core.plugins.module_utils._host_paths import read_json
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
 MODULE_UTILS = os.path.join(REPO, "plugins", "module_utils")
@@ -519,14 +520,6 @@ def wait_for(predicate, timeout=15.0, what="condition"):
             return value
         time.sleep(0.05)
     raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
-
-
-def read_json(path):
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
 
 
 def read_lines(path):
