@@ -312,6 +312,11 @@ def _parse_networks(col, path, entries):
     return v4, v6
 
 
+def _network_order(network):
+    """Family, then address, then wider before narrower: a covering network comes first."""
+    return (network.version, int(network.network_address), network.prefixlen)
+
+
 def _warn_limited(col, path, messages):
     for message in messages[:MAX_DUPLICATE_WARNINGS]:
         col.warn(path, message)
@@ -323,8 +328,7 @@ def _redundant_entries(pairs):
     """Entries inside a wider entry of the same list: harmless, but a sign of a stale list."""
     found = []
     cover = None
-    for network in sorted((n for n, _comment in pairs), key=lambda n: (n.version, int(n.network_address),
-                                                                        n.prefixlen)):
+    for network in sorted((n for n, _comment in pairs), key=_network_order):
         if cover is not None and network.version == cover.version and network.subnet_of(cover):
             found.append("%s lies inside %s (redundant)" % (network, cover))
         else:
@@ -350,7 +354,7 @@ def _shadowed_denies(deny, allow):
 
 def _sorted_networks(pairs):
     networks = [network for network, _comment in pairs]
-    networks.sort(key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+    networks.sort(key=_network_order)
     return [str(network) for network in networks]
 
 
