@@ -67,6 +67,14 @@ options:
       - Replace an XDP program that bpfleet did not attach.
     type: bool
     default: false
+  allow_lockout:
+    description:
+      - The lockout guard refuses a policy whose filter would drop the address the controller's SSH connection
+        comes from (taken from C(SSH_CONNECTION) on the host), in check mode too. Set V(true) to apply such a
+        policy anyway, for example when the controller will reach the host another way.
+      - Without an SSH connection (C(connection=local)) there is nothing to guard.
+    type: bool
+    default: false
   rendered:
     description:
       - Internal. Set by the action plugin from O(src) or O(policy); do not set it yourself.
@@ -145,6 +153,11 @@ map_changes:
   returned: when O(state=present)
   type: list
   elements: dict
+lockout:
+  description: What the lockout guard found for the controller's SSH address.
+  returned: when O(state=present)
+  type: dict
+  sample: {"controller": "203.0.113.1", "dropped": false, "reason": "no list matches it and filter.default is allow"}
 attachments:
   description: XDP attach mode per interface after the run.
   returned: when O(state=present) and not in check mode
@@ -166,7 +179,7 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.respawn import has_respawned, probe_interpreters_for_module, respawn_module
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _apply, _bcc_backend, _maps
+from ansible_collections.bpfleet.core.plugins.module_utils import _apply, _bcc_backend, _lockout, _maps
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 from ansible_collections.bpfleet.core.plugins.module_utils._runner import CommandError, CommandRunner
 
@@ -213,11 +226,27 @@ def _diff(name, rendered, plan):
     return diffs
 
 
+def _guard_lockout(module, rendered):
+    """Refuse a policy that would drop the controller's own SSH connection."""
+    address = _lockout.controller_address()
+    if address is None:
+        return {"controller": None, "dropped": False, "reason": "no SSH connection to guard"}
+    dropped, reason = _lockout.verdict(address, rendered)
+    if dropped and not module.params["allow_lockout"]:
+        module.fail_json(msg="lockout guard: this policy would drop the controller's SSH connection from %s (%s); "
+                             "nothing was changed. Fix the policy, or set allow_lockout: true if the controller "
+                             "will reach this host another way." % (address, reason),
+                         lockout={"controller": str(address), "dropped": True, "reason": reason})
+    return {"controller": str(address), "dropped": dropped, "reason": reason}
+
+
 def _present(module, runner, rendered):
+    lockout = _guard_lockout(module, rendered)
     host = _apply.PolicyHost(runner, rendered, force=module.params["force"])
     plan = host.plan()
     result = {
         "changed": plan.changed,
+        "lockout": lockout,
         "compiled": plan.compile,
         "plan": plan.summary(),
         "map_changes": [_maps.describe_delta(n, u, r) for n, (u, r) in sorted(plan.map_deltas.items()) if u or r],
@@ -245,6 +274,7 @@ def main():
             name=dict(type="str"),
             state=dict(type="str", default="present", choices=["present", "absent", "rendered"]),
             force=dict(type="bool", default=False),
+            allow_lockout=dict(type="bool", default=False),
             rendered=dict(type="dict"),
         ),
         supports_check_mode=True,

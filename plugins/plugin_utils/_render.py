@@ -102,6 +102,7 @@ def render(model):
         "rules": _policy.rule_names(),
         "interfaces": model["interfaces"],
         "xdp_mode": model["xdp_mode"],
+        "filter_default": model["filter"]["default"],
         "log": {
             "enabled": model["log"]["enabled"],
             "fields": model["log"]["fields"],

@@ -105,6 +105,23 @@ def test_a_second_policy_cannot_take_an_interface_of_the_first(prepared):
     assert lab.exec("h1", "test", "-e", "/var/lib/bpfleet/rival", check=False).returncode == 1
 
 
+def test_lockout_guard_refuses_a_policy_that_cuts_the_controller_off(prepared):
+    lab = prepared
+    controller = "203.0.113.1"  # the lab switch address Ansible's SSH comes from
+    before = xdp_prog_id(lab, "h1")
+    for check in (True, False):
+        outcome = lab.playbook([policy_task(with_extra_deny(controller + "/32"))], hosts="h1", check=check,
+                               expect_failure=True)
+        message = result_of(outcome, "h1")["msg"]
+        assert message.startswith("lockout guard: this policy would drop the controller's SSH connection from "
+                                  "203.0.113.1 (it matches filter.deny 203.0.113.1/32)"), message
+    assert xdp_prog_id(lab, "h1") == before
+    assert lab.udp_delivered("h3", lab.hosts["h3"]["lab_ipv4"], "h1", lab.hosts["h1"]["lab_ipv4"]) == 10
+    applied = result_of(lab.playbook([policy_task(BASE_POLICY)], hosts="h1"), "h1")
+    assert applied["lockout"] == {"controller": controller, "dropped": False,
+                                  "reason": "no list matches it and filter.default is allow"}
+
+
 def test_check_mode_reports_a_list_edit_without_applying_it(prepared):
     lab = prepared
     h3_ip = lab.hosts["h3"]["lab_ipv4"]

@@ -174,6 +174,9 @@ def _kernel_skip_reason():
     probe = subprocess.run([HOST_PYTHON, "-c", "import bcc"], capture_output=True, check=False)
     if probe.returncode != 0:
         return "BCC is not importable from %s (install python3-bpfcc)" % HOST_PYTHON
+    if not os.path.exists("/lib/modules/%s/build" % os.uname().release):
+        return ("no kernel headers for BCC at /lib/modules/%s/build: prepare this machine with "
+                "playbooks/host_local.yml (scripts/test.sh's host stage does)" % os.uname().release)
     return None
 
 
