@@ -45,16 +45,6 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _pinned_prog_id(path):
-    fd = maps.open_pinned(path)
-    if fd is None:
-        return None
-    try:
-        return bpf.prog_info(fd)["id"]
-    finally:
-        os.close(fd)
-
-
 def _map_shape_ok(path, spec):
     """None when not pinned, True when the pinned map has the expected shape, else a reason."""
     fd = maps.open_pinned(path)
@@ -147,7 +137,8 @@ class PolicyHost:
 
         pinned_ids = {}
         for program in desired["programs"]:
-            prog_id = _pinned_prog_id(paths.prog_pin(self.name, program["pin"]))
+            info = maps.pinned_prog_info(paths.prog_pin(self.name, program["pin"]))
+            prog_id = info["id"] if info else None
             if prog_id is None and state:
                 plan.compile_reasons.append("program pin %s is missing" % program["pin"])
             pinned_ids[program["hook"]] = prog_id
@@ -282,7 +273,7 @@ class PolicyHost:
             os.unlink(paths.prog_pin(self.name, pin))
 
         for iface, hook in plan.detach:
-            self._detach(iface, hook, attach_mode.get(iface), iface in created_clsact)
+            self._detach(iface, hook, iface in created_clsact)
             if hook == "all":
                 attach_mode.pop(iface, None)
                 created_clsact.discard(iface)
@@ -306,15 +297,13 @@ class PolicyHost:
             if current and current["mode"] != candidate:
                 attach.detach_xdp(self.runner, iface, current["mode"])
                 current = None
-            rc, _stdout, err = self.runner.change(
-                ["ip", "-force", "link", "set", "dev", iface, attach.IP_MODE_KEYWORD[candidate], "pinned", path],
-                check_rc=False)
+            rc, _stdout, err = attach.attach_xdp(self.runner, iface, candidate, path, check_rc=False)
             if rc == 0:
                 return candidate
             errors.append("%s: %s" % (candidate, err.strip()))
         raise PolicyFailure("could not attach XDP on %s (%s)" % (iface, "; ".join(errors)))
 
-    def _detach(self, iface, hook, mode, remove_clsact):
+    def _detach(self, iface, hook, remove_clsact):
         try:
             current = attach.xdp_attachment(self.runner, iface)
         except attach.InterfaceMissing:
@@ -340,7 +329,7 @@ class PolicyHost:
             return False
         created = set((state or {}).get("created_clsact") or [])
         for iface in (state or {}).get("interfaces", []):
-            self._detach(iface, "all", None, iface in created)
+            self._detach(iface, "all", iface in created)
         if not self.runner.module.check_mode:
             if os.path.isdir(pin_dir):
                 shutil.rmtree(pin_dir)

@@ -81,9 +81,10 @@ def tc_filter_count(runner, iface, direction):
                 if f.get("options")])
 
 
-def attach_xdp(runner, iface, mode, pin_path):
+def attach_xdp(runner, iface, mode, pin_path, check_rc=True):
     """Attach (or atomically replace) the pinned XDP program in native or generic mode."""
-    return runner.change(["ip", "-force", "link", "set", "dev", iface, IP_MODE_KEYWORD[mode], "pinned", pin_path])
+    return runner.change(["ip", "-force", "link", "set", "dev", iface, IP_MODE_KEYWORD[mode], "pinned", pin_path],
+                         check_rc=check_rc)
 
 
 def detach_xdp(runner, iface, mode):

@@ -93,6 +93,17 @@ def open_pinned(path):
         return None
 
 
+def pinned_prog_info(path):
+    """prog_info() of a pinned program, or None when nothing is pinned there."""
+    fd = open_pinned(path)
+    if fd is None:
+        return None
+    try:
+        return bpf.prog_info(fd)
+    finally:
+        os.close(fd)
+
+
 def sum_percpu_counters(fd, slot):
     packets = byte_count = 0
     for value in bpf.percpu_lookup(fd, _U32.pack(slot), _COUNTER.size):

@@ -14,7 +14,6 @@ import platform
 import time
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _attach as attach
-from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 from ansible_collections.bpfleet.core.plugins.module_utils import _maps as maps
 
@@ -52,8 +51,8 @@ def _pid_alive(pid):
     return True
 
 
-def agent_status():
-    status = paths.read_json(paths.AGENT_STATUS) or {}
+def agent_status(status):
+    """The agent's state from its status file (already read) and its pidfile."""
     pidfile = paths.read_text(paths.AGENT_PIDFILE)
     supervisor_pid = int(pidfile.strip()) if pidfile and pidfile.strip().isdigit() else None
     worker_pid = status.get("pid")
@@ -71,15 +70,6 @@ def agent_status():
     }
 
 
-def _prog_identity(name, pin):
-    try:
-        with bpf.open_pinned(paths.prog_pin(name, pin)) as fd:
-            info = bpf.prog_info(fd)
-            return {"id": info["id"], "tag": info["tag"]}
-    except OSError:
-        return None
-
-
 def attachments(runner, name, state):
     """Each expected attachment with what the kernel has; `ok` false means drift."""
     result = []
@@ -88,7 +78,7 @@ def attachments(runner, name, state):
     modes = state.get("attach_modes") or {}
     for iface in state.get("interfaces", []):
         for hook, program in sorted(programs.items()):
-            expected = _prog_identity(name, program["pin"])
+            expected = maps.pinned_prog_info(paths.prog_pin(name, program["pin"]))
             entry = {"iface": iface, "hook": hook, "pin": paths.prog_pin(name, program["pin"]),
                      "expected_prog_id": expected["id"] if expected else None}
             try:
@@ -119,13 +109,13 @@ def attachments(runner, name, state):
     return result, drift
 
 
-def log_status(state, agent):
+def log_status(state, agent_policies):
     log = state.get("log") or {}
     path = log.get("file")
     entry = {"enabled": bool(log.get("enabled")), "path": path, "fields": log.get("fields", []),
              "records_written": 0, "bytes_written": 0, "records_lost_user": 0, "last_record_time": None,
              "file_bytes": None}
-    per_policy = (agent.get("_raw_policies") or {}).get(state.get("name")) or {}
+    per_policy = agent_policies.get(state.get("name")) or {}
     for key in ("records_written", "bytes_written", "records_lost_user", "last_record_time"):
         if key in per_policy:
             entry[key] = per_policy[key]
@@ -138,9 +128,9 @@ def log_status(state, agent):
 
 
 def gather(runner, only=None):
-    agent = agent_status()
-    raw_status = paths.read_json(paths.AGENT_STATUS) or {}
-    agent_with_raw = dict(agent, _raw_policies=raw_status.get("policies") or {})
+    status = paths.read_json(paths.AGENT_STATUS) or {}
+    agent = agent_status(status)
+    agent_policies = status.get("policies") or {}
     policies = {}
     for name in paths.applied_policies():
         if only and name != only:
@@ -148,7 +138,7 @@ def gather(runner, only=None):
         state = paths.read_json(paths.state_file(name)) or {}
         attached, drift = attachments(runner, name, state)
         counters = maps.read_counters(name, state.get("rules") or {})
-        log = log_status(state, agent_with_raw)
+        log = log_status(state, agent_policies)
         if counters is not None:
             log["records_emitted"] = counters["records_emitted"]
             log["records_lost_kernel"] = counters["records_lost"]
