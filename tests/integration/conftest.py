@@ -141,7 +141,9 @@ def lab(request):
     reason = missing_requirement()
     if reason:
         pytest.skip(reason)
-    name = "it" + request.module.__name__.rsplit(".", 1)[-1].replace("test_", "")[:6].replace("_", "")
+    # BPFLEET_LAB_TAG keeps the fleets of two checkouts (git worktrees) testing at once apart.
+    tag = os.environ.get("BPFLEET_LAB_TAG", "")
+    name = tag + "it" + request.module.__name__.rsplit(".", 1)[-1].replace("test_", "")[:6].replace("_", "")
     tmp = Path(tempfile.mkdtemp(prefix=f"bpfleet-{name}-"))
     fleet = Lab(name, getattr(request.module, "LAB_HOSTS", 3), tmp)
     try:
