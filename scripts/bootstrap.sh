@@ -34,6 +34,9 @@ PYENV_ROOT="${PYENV_ROOT:-$HOME/.pyenv}"
 #   python3-yaml python3-jinja2  modules run on the hosts' /usr/bin/python3
 #   curl rsync git             tests (HTTP traffic), copies of the collection, clones
 #   (ShellCheck)               needed by ansible-test's shellcheck sanity test: package shellcheck
+#   nftables                   tests count what passed a filter with nft counters in a host
+#   chromium                   the fleet report test opens the HTML in headless Chromium
+#   debootstrap systemd-container  the systemd Molecule scenario boots hosts with systemd-nspawn
 APT_PACKAGES=(
   python3-bpfcc bpfcc-tools linux-headers-amd64
   openssh-server openssh-client netcat-openbsd
@@ -41,6 +44,7 @@ APT_PACKAGES=(
   python3-yaml python3-jinja2
   curl rsync git
   shellcheck
+  nftables chromium debootstrap systemd-container
 )
 
 STEP=0
