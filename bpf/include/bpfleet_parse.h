@@ -27,6 +27,8 @@ struct packet_info {
     u8 dst_ip[16];
     u8 src_mac[6];
     u8 dst_mac[6];
+    u16 l4_offset;  /* from the start of the frame; 0 when there is no L4 header */
+    u16 l3_end;     /* where the IP packet ends by its own length field; 0 when it does not say */
 };
 
 /* Ports of a later IPv4 fragment are not in the packet: report them as 0 rather than
@@ -89,6 +91,9 @@ static __always_inline int parse_packet(void *data, void *data_end, struct packe
         __builtin_memcpy(pkt->dst_ip, &ip->daddr, 4);
         if (ip->frag_off & bpf_htons(0x1FFF))
             return 0; /* not the first fragment: no L4 header here */
+        pkt->l4_offset = (u8 *)cursor - (u8 *)data + ip->ihl * 4;
+        if (ip->tot_len) /* 0 in a GSO packet over 64 KiB */
+            pkt->l3_end = (u8 *)cursor - (u8 *)data + bpf_ntohs(ip->tot_len);
         return parse_l4((u8 *)ip + ip->ihl * 4, data_end, ip->protocol, pkt);
     }
     if (proto == ETH_P_IPV6_BE) {
@@ -100,6 +105,9 @@ static __always_inline int parse_packet(void *data, void *data_end, struct packe
         pkt->ttl = ip6->hop_limit;
         __builtin_memcpy(pkt->src_ip, &ip6->saddr, 16);
         __builtin_memcpy(pkt->dst_ip, &ip6->daddr, 16);
+        pkt->l4_offset = (u8 *)(ip6 + 1) - (u8 *)data;
+        if (ip6->payload_len)
+            pkt->l3_end = pkt->l4_offset + bpf_ntohs(ip6->payload_len);
         return parse_l4(ip6 + 1, data_end, ip6->nexthdr, pkt);
     }
     return 1;

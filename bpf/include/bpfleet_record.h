@@ -15,6 +15,11 @@
 #define RULE_ALLOW 2
 #define RULE_NONE 0xffff /* egress: no filter rule applies */
 
+/* Record flags: what the payload after the record is (docs/logging-http.md). */
+#define PAYLOAD_TRUNCATED 0x01 /* the end of the request headers is not in the payload */
+#define PAYLOAD_REDACTED 0x02  /* the kernel scanned the payload and blanked sensitive values */
+#define PAYLOAD_CUT 0x04       /* the segment had more bytes than HTTP_MAX_BYTES */
+
 struct bpfleet_record {
     u64 ts_boot_ns;
     u32 ifindex;

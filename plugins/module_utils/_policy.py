@@ -18,6 +18,8 @@ import ipaddress
 import json
 import re
 
+from ansible_collections.bpfleet.core.plugins.module_utils import _http
+
 SCHEMA_VERSION = 1
 
 XDP_MODES = ("auto", "native", "generic")
@@ -51,12 +53,31 @@ SAMPLE_PATTERN = r"^\s*1\s*/\s*[0-9]{1,7}\s*$"
 SIZE_PATTERN = r"^[0-9]{1,15}(\.[0-9]{1,6})?\s*[kKmMgG]?[bB]?$"
 MAX_SINK_KEEP = 1000
 
+# log.match: which packets produce records at all, decided in the kernel before sampling.
+MAX_LOG_MATCH_RULES = 16
+MATCH_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+PORT_PROTOCOLS = (6, 17)
+PORT_RANGE_PATTERN = r"^\s*[0-9]{1,5}\s*-\s*[0-9]{1,5}\s*$"
+_PORT_RANGE_RE = re.compile(r"^\s*([0-9]{1,5})\s*-\s*([0-9]{1,5})\s*$")
+MATCH_PORT_KEYS = ("port", "src_port", "dst_port")
+
 _NAME_RE = re.compile(NAME_PATTERN)
 # IFNAMSIZ is 16 including the NUL; '/' and whitespace are rejected by the kernel.
 _IFACE_RE = re.compile(IFACE_PATTERN)
 _SAMPLE_RE = re.compile(r"^\s*1\s*/\s*([0-9]{1,7})\s*$")
 _SIZE_RE = re.compile(r"^([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*([kKmMgG]?)[bB]?$")
 _SIZE_FACTORS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _port_schema(what):
+    return {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 65535},
+                      {"type": "string", "pattern": PORT_RANGE_PATTERN}],
+            "description": what + " A port (1-65535) or an inclusive range such as `8000-8099`."}
+
+
+def _header_names_schema(what, default):
+    return {"type": "array", "uniqueItems": True, "default": list(default),
+            "items": {"type": "string", "pattern": _http.TOKEN_PATTERN}, "description": what}
 
 
 def _cidr_list_schema(what):
@@ -142,6 +163,65 @@ POLICY_SCHEMA = {
                            "default": "1/1",
                            "description": "Log one packet in N (`1/N`, N from 1 to 1,000,000; a bare integer N "
                                           "means the same), chosen at random in the kernel."},
+                "match": {
+                    "type": "array", "maxItems": MAX_LOG_MATCH_RULES, "default": [],
+                    "description": "Log only packets that match at least one rule (checked in the kernel before "
+                                   "`sample`, so an unlogged packet costs a few comparisons). Empty or absent: "
+                                   "every packet. At most %d rules." % MAX_LOG_MATCH_RULES,
+                    "items": {
+                        "type": "object", "additionalProperties": False, "minProperties": 1,
+                        "description": "All the fields given must match.",
+                        "properties": {
+                            "proto": {"oneOf": [{"enum": sorted(MATCH_PROTOCOLS)},
+                                                {"type": "integer", "minimum": 0, "maximum": 255}],
+                                      "description": "IP protocol: `tcp`, `udp`, `icmp`, `icmpv6` or a number "
+                                                     "(0-255). Without it, a rule with a port matches TCP and UDP."},
+                            "port": _port_schema("Source or destination port (either matches): logs both "
+                                                 "directions of a conversation."),
+                            "src_port": _port_schema("Source port."),
+                            "dst_port": _port_schema("Destination port."),
+                        },
+                    },
+                },
+                "http": {
+                    "type": "object", "additionalProperties": False,
+                    "description": "Capture HTTP/1.x request headers: a TCP segment to one of `ports` whose payload "
+                                   "starts with a request method is copied (up to `max_bytes`) with the record; the "
+                                   "kernel blanks the values of sensitive headers and query parameters before the "
+                                   "record leaves it, and the agent writes them as `[REDACTED]`. Records carry an "
+                                   "`http` object (docs/logging-http.md). Absent: no payload is captured.",
+                    "properties": {
+                        "ports": {"type": "array", "minItems": 1, "maxItems": _http.MAX_PORTS, "uniqueItems": True,
+                                  "default": list(_http.DEFAULT_PORTS),
+                                  "items": {"type": "integer", "minimum": 1, "maximum": 65535},
+                                  "description": "Server ports (TCP destination ports of requests), at most %d. "
+                                                 "Ingress captures requests to this host, egress requests it "
+                                                 "sends." % _http.MAX_PORTS},
+                        "headers": _header_names_schema(
+                            "Header names to keep (any case; RFC 9110 tokens). Other headers are left out, "
+                            "except sensitive ones, which appear with the value `[REDACTED]`.",
+                            _http.DEFAULT_HEADERS),
+                        "redact": _header_names_schema(
+                            "More header and query parameter names whose values are never logged, added to "
+                            "the defaults: %s." % ", ".join(_http.DEFAULT_REDACT_NAMES), ()),
+                        "redact_containing": {
+                            "type": "array", "uniqueItems": True, "default": [],
+                            "items": {"type": "string", "pattern": _http.TOKEN_PATTERN,
+                                      "minLength": _http.MIN_SUBSTRING_LENGTH,
+                                      "maxLength": _http.MAX_SUBSTRING_LENGTH},
+                            "description": "More substrings (%d-%d characters) that make any name containing them "
+                                           "sensitive, added to the defaults: %s. Names are compared lowercase, "
+                                           "with `_` read as `-`." % (
+                                               _http.MIN_SUBSTRING_LENGTH, _http.MAX_SUBSTRING_LENGTH,
+                                               ", ".join(_http.DEFAULT_REDACT_CONTAINING))},
+                        "max_bytes": {"type": "integer", "minimum": _http.MIN_MAX_BYTES,
+                                      "maximum": _http.MAX_MAX_BYTES, "default": _http.DEFAULT_MAX_BYTES,
+                                      "description": "Bytes of a request captured and scanned in the kernel "
+                                                     "(%d-%d). Headers that do not fit are logged as truncated; "
+                                                     "the kernel's cost grows with it (docs/logging-http.md)."
+                                                     % (_http.MIN_MAX_BYTES, _http.MAX_MAX_BYTES)},
+                    },
+                },
                 "sink": {
                     "type": "object", "additionalProperties": False, "default": {},
                     "description": "Where the agent writes the records.",
@@ -409,12 +489,176 @@ def _parse_size(col, path, value):
     return size
 
 
+def _parse_port_spec(col, path, value):
+    """[low, high] from 80 or "8000-8099"; None after reporting the problem."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = high = value
+    else:
+        match = _PORT_RANGE_RE.fullmatch(value) if isinstance(value, str) else None
+        if not match:
+            col.error(path, "must be a port (1-65535) or a range such as 8000-8099, got %r" % (value,))
+            return None
+        low, high = int(match.group(1)), int(match.group(2))
+        if low > high:
+            col.error(path, "range %s runs backwards (did you mean %d-%d?)" % (value.strip(), high, low))
+            return None
+    for port in (low, high):
+        if not 1 <= port <= 65535:
+            col.error(path, "port %d is out of range (1-65535)" % port)
+            return None
+    return [low, high]
+
+
+def _validate_match(col, raw):
+    """log.match: a list of {proto, port, src_port, dst_port}; returns normalized rules."""
+    rules = []
+    if raw is None:
+        return rules
+    if not _expect(col, "log.match", raw, list, "a list of match rules such as {proto: tcp, port: 80}"):
+        return rules
+    if len(raw) > MAX_LOG_MATCH_RULES:
+        col.error("log.match", "%d rules, at most %d (each is compiled into the kernel program)"
+                  % (len(raw), MAX_LOG_MATCH_RULES))
+    allowed = tuple(schema_node("log", "match")["items"]["properties"])
+    for index, entry in enumerate(raw):
+        path = _join("log.match", index)
+        if not _expect(col, path, entry, dict, "a mapping such as {proto: tcp, port: 80}"):
+            continue
+        _check_keys(col, path, entry, allowed)
+        if not entry:
+            col.error(path, "an empty rule would match every packet: give proto and/or a port (or drop log.match)")
+            continue
+        rule = {"proto": None, "port": None, "src_port": None, "dst_port": None}
+        if "proto" in entry:
+            proto = entry["proto"]
+            if isinstance(proto, str) and proto.lower() in MATCH_PROTOCOLS:
+                rule["proto"] = MATCH_PROTOCOLS[proto.lower()]
+            elif isinstance(proto, int) and not isinstance(proto, bool) and 0 <= proto <= 255:
+                rule["proto"] = proto
+            else:
+                col.error(_join(path, "proto"), "must be one of %s or a protocol number 0-255, got %r"
+                          % (", ".join(sorted(MATCH_PROTOCOLS)), proto))
+                continue
+        for key in MATCH_PORT_KEYS:
+            if key in entry:
+                rule[key] = _parse_port_spec(col, _join(path, key), entry[key])
+        has_ports = any(key in entry for key in MATCH_PORT_KEYS)
+        if has_ports and rule["proto"] is not None and rule["proto"] not in PORT_PROTOCOLS:
+            col.error(path, "ports only exist for tcp and udp, not for protocol %r" % (entry["proto"],))
+            continue
+        if rule not in rules:
+            rules.append(rule)
+    return rules
+
+
+def _rule_logs_http_port(rule, port):
+    """Whether a log.match rule lets a TCP request to `port` through."""
+    if rule["proto"] not in (None, 6) or rule["src_port"] is not None:
+        return False
+    for key in ("port", "dst_port"):
+        if rule[key] is not None and not rule[key][0] <= port <= rule[key][1]:
+            return False
+    return True
+
+
+def _header_name_list(col, path, raw, what):
+    """Lowercase RFC 9110 tokens, in order, without duplicates."""
+    names = []
+    if raw is None:
+        return names
+    if not _expect(col, path, raw, list, "a list of %s" % what):
+        return names
+    for index, name in enumerate(raw):
+        entry_path = _join(path, index)
+        if not _http.is_token(name):
+            col.error(entry_path, "%r is not a valid header name: an RFC 9110 token is letters, digits and "
+                      "!#$%%&'*+-.^_`|~ only (no spaces, no ':')" % (name,))
+            continue
+        lowered = name.lower()
+        if lowered in names:
+            col.warn(entry_path, "%s is listed twice (names are compared in any case)" % name)
+            continue
+        names.append(lowered)
+    return names
+
+
+def _validate_http(col, raw, match_rules):
+    result = {"ports": list(_http.DEFAULT_PORTS), "headers": list(_http.DEFAULT_HEADERS), "redact": [],
+              "redact_containing": [], "max_bytes": _http.DEFAULT_MAX_BYTES}
+    if not _expect(col, "log.http", raw, dict, "a mapping (ports, headers, redact, redact_containing, max_bytes)"):
+        return None
+    _check_keys(col, "log.http", raw, _keys("log", "http"))
+    if "ports" in raw:
+        ports = raw["ports"]
+        if _expect(col, "log.http.ports", ports, list, "a list of TCP ports"):
+            chosen = []
+            for index, port in enumerate(ports):
+                if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                    col.error(_join("log.http.ports", index), "%r is not a TCP port (1-65535)" % (port,))
+                elif port in chosen:
+                    col.warn(_join("log.http.ports", index), "port %d is listed twice" % port)
+                else:
+                    chosen.append(port)
+            if not ports:
+                col.error("log.http.ports", "must name at least one port (or drop log.http)")
+            if len(chosen) > _http.MAX_PORTS:
+                col.error("log.http.ports", "%d ports, at most %d (each is a comparison in the kernel)"
+                          % (len(chosen), _http.MAX_PORTS))
+            result["ports"] = sorted(chosen)
+    if "headers" in raw:
+        result["headers"] = _header_name_list(col, "log.http.headers", raw["headers"], "header names")
+    if "redact" in raw:
+        result["redact"] = _header_name_list(col, "log.http.redact", raw["redact"], "header names")
+    if "redact_containing" in raw:
+        parts = raw["redact_containing"]
+        if _expect(col, "log.http.redact_containing", parts, list, "a list of name parts such as session"):
+            chosen = []
+            for index, part in enumerate(parts):
+                entry_path = _join("log.http.redact_containing", index)
+                if not _http.is_token(part):
+                    col.error(entry_path, "%r is not part of a header name: letters, digits and "
+                              "!#$%%&'*+-.^_`|~ only" % (part,))
+                elif not _http.MIN_SUBSTRING_LENGTH <= len(part) <= _http.MAX_SUBSTRING_LENGTH:
+                    col.error(entry_path, "%r has %d characters; %d to %d are allowed (a shorter part would blank "
+                              "half of all headers)" % (part, len(part), _http.MIN_SUBSTRING_LENGTH,
+                                                          _http.MAX_SUBSTRING_LENGTH))
+                elif part.lower() in chosen:
+                    col.warn(entry_path, "%s is listed twice" % part)
+                else:
+                    chosen.append(part.lower())
+            result["redact_containing"] = chosen
+    if "max_bytes" in raw:
+        size = raw["max_bytes"]
+        if (isinstance(size, bool) or not isinstance(size, int)
+                or not _http.MIN_MAX_BYTES <= size <= _http.MAX_MAX_BYTES):
+            col.error("log.http.max_bytes", "must be a whole number of bytes from %d to %d, got %r (the kernel "
+                      "scans every captured byte; docs/logging-http.md has the cost)"
+                      % (_http.MIN_MAX_BYTES, _http.MAX_MAX_BYTES, size))
+        else:
+            result["max_bytes"] = size
+    rules = _http.RedactionRules(result["redact"], result["redact_containing"])
+    for index, name in enumerate(result["headers"]):
+        if rules.is_sensitive(name):
+            col.warn(_join("log.http.headers", index), "%s is redacted: records show it as %s" % (name, _http.REDACTED))
+    default_rules = _http.RedactionRules()
+    for index, name in enumerate(result["redact"]):
+        if default_rules.is_sensitive(name):
+            col.warn(_join("log.http.redact", index), "%s is redacted by default already" % name)
+    if match_rules:
+        for port in result["ports"]:
+            if not any(_rule_logs_http_port(rule, port) for rule in match_rules):
+                col.warn("log.http.ports", "log.match logs no TCP request to port %d: none will be captured" % port)
+    return result
+
+
 def _validate_log(col, raw):
     result = {
         "enabled": raw is not None,
         "fields": list(DEFAULT_LOG_FIELDS),
         "directions": list(LOG_DIRECTIONS),
         "sample": 1,
+        "match": [],
+        "http": None,
         "file": DEFAULT_LOG_FILE,
         "max_size": None,
         "keep": 5,
@@ -461,6 +705,10 @@ def _validate_log(col, raw):
             col.error("log.sample", "must be '1/N' with N from 1 to 1000000, got %r" % (sample,))
         else:
             result["sample"] = int(match.group(1))
+    if "match" in raw:
+        result["match"] = _validate_match(col, raw["match"])
+    if "http" in raw and raw["http"] is not None:
+        result["http"] = _validate_http(col, raw["http"], result["match"])
     if "sink" in raw:
         sink = raw["sink"]
         if _expect(col, "log.sink", sink, dict, "a mapping"):

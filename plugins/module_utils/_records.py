@@ -29,6 +29,12 @@ import socket
 import struct
 import time
 
+try:
+    from . import _http
+except ImportError:
+    # The agent runs copies of these files as plain sibling modules.
+    import _http
+
 __all__ = [
     "RECORD", "RECORD_SIZE", "RECORD_VERSION",
     "ALWAYS_FIELDS", "OPTIONAL_FIELDS", "KEY_ORDER",
@@ -41,7 +47,10 @@ __all__ = [
 RECORD = struct.Struct("<QIIBBHHH6s6sBBBBHH16s16sHBB8x")
 RECORD_SIZE = RECORD.size
 RECORD_VERSION = 1
-PAYLOAD_TRUNCATED = 0x01            # record flags bit 0
+# Record flags (docs/architecture.md, docs/logging-http.md).
+PAYLOAD_TRUNCATED = 0x01            # the end of the request headers is not in the payload
+PAYLOAD_REDACTED = 0x02             # the kernel scanned the payload and blanked sensitive values
+PAYLOAD_CUT = 0x04                  # the segment had more bytes than log.http.max_bytes
 
 ALWAYS_FIELDS = ("ts", "host", "iface", "dir")
 OPTIONAL_FIELDS = (
@@ -112,16 +121,13 @@ def record_payload(raw):
     return bytes(raw[RECORD_SIZE:RECORD_SIZE + payload_length]), bool(flags & PAYLOAD_TRUNCATED)
 
 
-def parse_payload(payload, truncated):
-    """Hook for the HTTP parser (method, path, version, headers, redaction).
-
-    Called with the captured L4 payload of a record that has one, when the
-    ``http`` field is requested; returns the value of the ``http`` key, or None
-    to leave the key out. Not implemented yet: it returns None. A real parser
-    is passed to RecordDecoder(payload_parser=...), so it can hold its
-    configuration (ports, headers to keep, redaction list) precompiled.
-    """
-    return None
+def parse_payload(payload, truncated, http=None):
+    """The ``http`` value of a payload under the `log.http` settings ``http``
+    (as in state.json; None: the defaults), or None when it is not an HTTP/1.x
+    request. Long-lived callers give RecordDecoder(http=...) instead, which
+    builds the parser (_http.RequestParser) once."""
+    parser = _http.RequestParser.from_config(http if http is not None else {})
+    return parser(payload, truncated)
 
 
 class RecordDecoder(object):
@@ -132,11 +138,13 @@ class RecordDecoder(object):
     ``host``: the host name written in every record; ``rule_names``: rule id ->
     name (keys int or str, as in state.json); ``iface_names``: ifindex -> name
     mapping (a dict subclass with ``__missing__`` may resolve lazily; unknown
-    indexes otherwise become their number as a string); ``payload_parser``:
-    ``f(payload, truncated) -> value or None`` for the ``http`` key.
+    indexes otherwise become their number as a string); ``http``: the policy's
+    `log.http` settings from state.json, which install _http.RequestParser for
+    the ``http`` key; ``payload_parser``: any other
+    ``f(payload, truncated) -> value or None`` for that key.
     """
 
-    def __init__(self, fields, host, rule_names=None, iface_names=None, payload_parser=None):
+    def __init__(self, fields, host, rule_names=None, iface_names=None, payload_parser=None, http=None):
         requested = set(fields or ())
         self.fields = tuple(name for name in OPTIONAL_FIELDS if name in requested)
         self.unknown_fields = tuple(sorted(requested - set(KEY_ORDER)))
@@ -145,6 +153,8 @@ class RecordDecoder(object):
         for rule_id, name in (rule_names or {}).items():
             self.rule_names[int(rule_id)] = name
         self.iface_names = iface_names if iface_names is not None else {}
+        if payload_parser is None and http is not None:
+            payload_parser = _http.RequestParser.from_config(http)
         self.payload_parser = payload_parser
         # Timestamp formatting is the costliest part of a record: records of a
         # batch mostly share their second, so the "YYYY-MM-DDTHH:MM:SS" prefix
@@ -285,8 +295,8 @@ def _malformed_reason(raw):
 
 
 def decode_batch(raw_records, fields, host, rule_names=None, iface_names=None,
-                 boot_to_realtime_ns=0, payload_parser=None):
+                 boot_to_realtime_ns=0, payload_parser=None, http=None):
     """One-shot form of RecordDecoder(...).decode_batch(); long-lived callers
     (the agent) should keep a RecordDecoder per policy instead."""
-    decoder = RecordDecoder(fields, host, rule_names, iface_names, payload_parser)
+    decoder = RecordDecoder(fields, host, rule_names, iface_names, payload_parser, http)
     return decoder.decode_batch(raw_records, boot_to_realtime_ns)

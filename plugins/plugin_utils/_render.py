@@ -14,7 +14,7 @@ import os
 
 import jinja2
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _policy
+from ansible_collections.bpfleet.core.plugins.module_utils import _http, _policy
 
 GENERATOR_VERSION = "0.1.0"
 BPF_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "bpf"))
@@ -65,6 +65,64 @@ def program_manifest(model):
     return programs
 
 
+def kernel_http(model):
+    """What the kernel's HTTP scanner compiles in (bpf/include/bpfleet_http.h), or None when
+    the policy captures no HTTP: the ports, the scanner's automaton (_http.SCANNER_TRANSITIONS)
+    and the redaction rules as the constants it compares with (the rules the agent applies)."""
+    log = model["log"]
+    http = log.get("http")
+    if not log["enabled"] or not http:
+        return None
+    rules = _http.RedactionRules(http["redact"], http["redact_containing"])
+    bits, multiplier, slots = _http.kernel_name_table(rules.names)
+    names = dict((_http.kernel_name_hash(name), name.decode("latin-1")) for name in rules.names)
+    tails = []
+    for part in rules.containing:
+        mask, value = _http.kernel_tail_pattern(part)
+        tails.append({"text": part.decode("latin-1"), "mask": "0x%x" % mask, "value": "0x%x" % value})
+    transitions = []
+    for (state, cls), (target, actions) in sorted(_http.SCANNER_TRANSITIONS.items(),
+                                                   key=lambda item: (_http.SCAN_STATES.index(item[0][0]),
+                                                                     _http.SCAN_CLASSES.index(item[0][1]))):
+        if target != state or actions:
+            transitions.append({"state": state, "class": cls, "next": target,
+                                "actions": [name for name, bit in _http.SCAN_ACTIONS if actions & bit]})
+    return {
+        "ports": http["ports"],
+        "max_bytes": http["max_bytes"],
+        "states": _http.SCAN_STATES,
+        "classes": _http.SCAN_CLASSES,
+        "class_bytes": sorted((_http.CLASS_OF_BYTE[byte], byte) for byte in _http.CLASS_OF_BYTE),
+        "width": _http.SCAN_WIDTH,
+        "actions": _http.SCAN_ACTIONS,
+        "transitions": transitions,
+        "name_slot_bits": bits,
+        "name_multiplier": "0x%016x" % multiplier,
+        "name_slots": [{"index": index, "hash": "0x%016x" % value, "text": names[value]}
+                       for index, value in enumerate(slots) if value],
+        "tails": tails,
+    }
+
+
+def log_settings(model):
+    """The log part of state.json: what the agent needs to decode and write the records."""
+    log = model["log"]
+    fields = list(log["fields"])
+    if log["enabled"] and log.get("http"):
+        fields.append("http")
+    return {
+        "enabled": log["enabled"],
+        "fields": fields,
+        "directions": log["directions"],
+        "sample": log["sample"],
+        "match": log["match"],
+        "http": log["http"],
+        "file": log["file"],
+        "max_size": log["max_size"],
+        "keep": log["keep"],
+    }
+
+
 @functools.lru_cache(maxsize=1)
 def _environment():
     """One environment per process: Jinja2 then compiles the template once, not per host."""
@@ -89,6 +147,7 @@ def render(model):
         pin_dir="%s/%s" % (PIN_ROOT, model["name"]),
         ringbuf_bytes=RINGBUF_BYTES,
         maps=map_manifest(),
+        http=kernel_http(model),
     )
     contents = _policy.map_contents(model)
     return {
@@ -103,13 +162,5 @@ def render(model):
         "interfaces": model["interfaces"],
         "xdp_mode": model["xdp_mode"],
         "filter_default": model["filter"]["default"],
-        "log": {
-            "enabled": model["log"]["enabled"],
-            "fields": model["log"]["fields"],
-            "directions": model["log"]["directions"],
-            "sample": model["log"]["sample"],
-            "file": model["log"]["file"],
-            "max_size": model["log"]["max_size"],
-            "keep": model["log"]["keep"],
-        },
+        "log": log_settings(model),
     }

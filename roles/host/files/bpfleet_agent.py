@@ -4,8 +4,8 @@
 """bpfleet-agent: drains the policies' ring buffers into JSON lines logs.
 
 Installed by the bpfleet.core.host role as /usr/lib/bpfleet/agent/bpfleet_agent.py
-next to copies of _bpf_syscall.py, _ringbuf.py and _records.py, which it
-imports as sibling modules, and started through the launcher bpfleet-agent
+next to copies of _bpf_syscall.py, _ringbuf.py, _records.py and _http.py, which
+it imports as sibling modules, and started through the launcher bpfleet-agent
 beside it. Standard library only: no BCC, no LLVM.
 
   bpfleet-agent run      foreground worker (systemd Type=simple)
@@ -41,7 +41,7 @@ AGENT_VERSION = "0.1.0"
 AGENT_PATH = os.path.realpath(__file__)
 AGENT_DIR = os.path.dirname(AGENT_PATH)
 
-# The installed layout has the three module_utils copies next to this file; a
+# The installed layout has the module_utils copies next to this file; a
 # source checkout (roles/host/files/) finds them in plugins/module_utils/.
 sys.path.insert(0, AGENT_DIR)
 _CHECKOUT_MODULE_UTILS = os.path.join(AGENT_DIR, "..", "..", "..", "plugins", "module_utils")
@@ -343,6 +343,7 @@ class Agent(object):
             host=self.host,
             rule_names=state.get("rules") or {},
             iface_names=self.interface_names,
+            http=log_config.get("http"),
         )
         if decoder.unknown_fields:
             log.warning("policy %s: ignoring unknown log fields %s", policy.key, ", ".join(decoder.unknown_fields))
