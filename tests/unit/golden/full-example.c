@@ -602,6 +602,16 @@ int bpfleet_xdp(struct xdp_md *ctx)
     return XDP_DROP;
 }
 
+#if LOG_INGRESS || LOG_EGRESS || FILTER_EGRESS
+/* A NIC (or a veth behind a bridge) with VLAN offload strips the 802.1Q tag from the frame
+ * into the skb's metadata: XDP then sees an untagged frame, tc can still read the tag. */
+static __always_inline void vlan_from_skb(struct __sk_buff *skb, struct packet_info *pkt)
+{
+    if (!pkt->vlan && skb->vlan_present)
+        pkt->vlan = skb->vlan_tci & 0x0fff;
+}
+#endif
+
 #if LOG_INGRESS
 /* Runs at tc ingress, after XDP: what it sees has passed the filter. The classification is
  * repeated (lookups only, no tokens taken) to name the rule that let the packet through. */
@@ -614,6 +624,7 @@ int bpfleet_ingress(struct __sk_buff *skb)
     count(STAT_TC_INGRESS_SEEN, skb->len);
     if (parse_packet(data, data_end, &pkt) != 0)
         return TC_ACT_OK;
+    vlan_from_skb(skb, &pkt);
     struct verdict v;
     classify(&pkt, &v);
     if (v.log_rule != RULE_NONE)
@@ -635,6 +646,7 @@ int bpfleet_egress(struct __sk_buff *skb)
     count(STAT_TC_EGRESS_SEEN, skb->len);
     if (parse_packet(data, data_end, &pkt) != 0)
         return TC_ACT_OK;
+    vlan_from_skb(skb, &pkt);
     struct verdict v = {.action = ACTION_PASS, .rule = RULE_NONE, .log_rule = RULE_NONE};
 #if FILTER_EGRESS
     if (check_egress_ports(&pkt, &v))
