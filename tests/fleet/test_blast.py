@@ -165,6 +165,11 @@ def test_a_flood_at_full_speed_reaches_the_receiving_interface(fleet, mode):
     # Every frame reached h2's eth0 (received, or dropped there when its backlog was full).
     arrived = (after["rx_packets"] - before["rx_packets"]) + (after["rx_dropped"] - before["rx_dropped"])
     assert arrived >= 300_000
+    if mode == "xdp":
+        # The program was attached to h1's eth0 for the run (warm_dispatcher) and left with the sender.
+        assert report["warm"] is True
+        link = lab("exec", "--name", fleet, "--host", "h1", "--", "ip", "-d", "link", "show", "eth0").stdout
+        assert "xdp" not in link, link
 
 
 def test_rate_and_duration_are_kept(fleet):
