@@ -61,6 +61,11 @@ GENERATED_FIELDS = {
     "filter.allow[].cidr", "filter.allow[].comment", "filter.allow[].file", "log", "log.enabled", "log.fields",
     "log.fields[]", "log.directions", "log.directions[]", "log.sample", "log.sink", "log.sink.file",
     "log.sink.max_size", "log.sink.keep",
+    "filter.ports", "filter.ports[]", "filter.ports[].name", "filter.ports[].proto", "filter.ports[].port",
+    "filter.ports[].direction", "filter.ports[].action", "filter.ports[].comment",
+    "filter.rate_limit", "filter.rate_limit[]", "filter.rate_limit[].name", "filter.rate_limit[].match",
+    "filter.rate_limit[].match.proto", "filter.rate_limit[].match.port", "filter.rate_limit[].per_source",
+    "filter.rate_limit[].burst", "filter.rate_limit[].comment",
 }
 
 names = st.from_regex(NAME_SPEC, fullmatch=True)
@@ -141,8 +146,51 @@ def list_layouts(draw, nets):
     return entries
 
 
+port_values = st.one_of(
+    st.integers(1, 65535), st.integers(1, 65535).map(str),
+    st.tuples(st.integers(1, 65535), st.integers(1, 65535)).map(lambda t: "%d-%d" % (min(t), max(t))),
+    st.tuples(st.integers(1, 65535), st.integers(1, 65535)).map(lambda t: " %d - %d " % (min(t), max(t))))
+rule_names = st.from_regex(_policy.RULE_NAME_PATTERN, fullmatch=True).filter(lambda n: n not in _policy.RULE_IDS)
+rates = st.one_of(st.integers(1, _policy.MAX_RATE_PPS), st.integers(1, _policy.MAX_RATE_PPS).map("{}/s".format),
+                  st.integers(1, _policy.MAX_RATE_PPS).map("{} / s".format))
+
+
 @st.composite
-def filters(draw):
+def matches(draw, with_proto_required=False):
+    match = {}
+    proto = draw(st.sampled_from(_policy.PORT_PROTOS))
+    if with_proto_required or draw(st.booleans()):
+        match["proto"] = proto
+    if proto != "icmp" and draw(st.booleans()):
+        match["port"] = draw(port_values)
+    return match
+
+
+@st.composite
+def port_rules(draw, actions):
+    rule = draw(matches(with_proto_required=True))
+    rule["action"] = draw(st.sampled_from(actions))
+    if draw(st.booleans()):
+        rule["direction"] = draw(st.sampled_from(_policy.PORT_DIRECTIONS))
+    if draw(st.booleans()):
+        rule["comment"] = draw(st.text(max_size=20))
+    return rule
+
+
+@st.composite
+def rate_limits(draw):
+    limit = {"per_source": draw(rates)}
+    if draw(st.booleans()):
+        limit["match"] = draw(matches())
+    if draw(st.booleans()):
+        limit["burst"] = draw(st.integers(1, _policy.MAX_BURST))
+    if draw(st.booleans()):
+        limit["comment"] = draw(st.text(max_size=20))
+    return limit
+
+
+@st.composite
+def filters(draw, log_enabled=False):
     nets = draw(st.lists(networks(), max_size=12, unique=True))
     cut = draw(st.integers(0, len(nets)))
     flt = {}
@@ -155,6 +203,17 @@ def filters(draw):
             empty = draw(st.sampled_from(("absent", "null", "list")))
             if empty != "absent":
                 flt[key] = None if empty == "null" else []
+    # `log` port rules need header records, so only a policy that logs gets them.
+    actions = _policy.PORT_ACTIONS if log_enabled else tuple(a for a in _policy.PORT_ACTIONS if a != "log")
+    rules = draw(st.lists(port_rules(actions), max_size=4)) if draw(st.booleans()) else []
+    limits = draw(st.lists(rate_limits(), max_size=3)) if draw(st.booleans()) else []
+    named = draw(st.lists(rule_names, max_size=len(rules) + len(limits), unique=True))
+    for entry, name in zip(draw(st.permutations(rules + limits)), named, strict=False):
+        entry["name"] = name
+    if rules or draw(st.booleans()):
+        flt["ports"] = rules
+    if limits or draw(st.booleans()):
+        flt["rate_limit"] = limits
     return flt
 
 
@@ -203,10 +262,12 @@ def valid_policies(draw):
         raw["interfaces"] = draw(st.lists(interface_names, min_size=1, max_size=4, unique=True))
     if draw(st.booleans()):
         raw["xdp_mode"] = draw(st.sampled_from(_policy.XDP_MODES))
-    for key, strategy in (("filter", filters()), ("log", logs())):
-        choice = draw(st.sampled_from(("absent", "null", "mapping", "mapping")))
-        if choice != "absent":
-            raw[key] = None if choice == "null" else draw(strategy)
+    choices = dict((key, draw(st.sampled_from(("absent", "null", "mapping", "mapping")))) for key in ("log", "filter"))
+    if choices["log"] != "absent":
+        raw["log"] = None if choices["log"] == "null" else draw(logs())
+    log_enabled = isinstance(raw.get("log"), dict) and raw["log"].get("enabled", True)
+    if choices["filter"] != "absent":
+        raw["filter"] = None if choices["filter"] == "null" else draw(filters(log_enabled))
     return raw
 
 
@@ -452,6 +513,10 @@ WRONG_VALUES = {
                                      others, poison),
     ("filter", "deny"): not_a_list,
     ("filter", "allow"): not_a_list,
+    ("filter", "ports"): st.one_of(not_a_list, st.lists(st.integers(), min_size=1, max_size=2),
+                                   st.just([{"proto": "tcp", "action": "drop"}] * (_policy.MAX_PORT_RULES + 1))),
+    ("filter", "rate_limit"): st.one_of(not_a_list, st.lists(st.text(max_size=5), min_size=1, max_size=2),
+                                        st.just([{"per_source": 5}] * (_policy.MAX_RATE_LIMITS + 1))),
     ("log",): st.one_of(st.text(max_size=10), others, poison),
     ("log", "enabled"): st.one_of(st.text(max_size=5), st.integers(), st.lists(st.booleans(), max_size=2), poison),
     ("log", "fields"): st.one_of(
@@ -473,7 +538,75 @@ WRONG_VALUES = {
 }
 
 MUTATION_KINDS = ("wrong value", "bad interface", "duplicate interface", "all among names", "bad cidr",
-                  "in both lists", "unknown key", "junk", "missing required")
+                  "in both lists", "unknown key", "junk", "missing required", "bad port rule", "bad rate limit")
+
+bad_ports = st.one_of(
+    st.integers(max_value=0), st.integers(65536, 10 ** 9), st.integers(65536, 99999).map(str),
+    st.tuples(st.integers(2, 65535), st.integers(1, 65534)).filter(lambda t: t[0] > t[1]).map(
+        lambda t: "%d-%d" % t),
+    st.sampled_from(("", "http", "80-", "-80", "1-2-3", "0x50", "80,443", "1e3")), st.booleans(), st.none(),
+    st.floats(), st.lists(st.integers(1, 9), max_size=2), poison)
+bad_rates = st.one_of(
+    st.integers(max_value=0), st.integers(_policy.MAX_RATE_PPS + 1, 10 ** 12),
+    st.integers(_policy.MAX_RATE_PPS + 1, 99999999).map("{}/s".format),
+    st.sampled_from(("0/s", "fast", "100/min", "1e6", "", "/s", "-5/s")), st.booleans(), st.none(), st.floats(),
+    poison)
+bad_bursts = st.one_of(st.integers(max_value=0), st.integers(_policy.MAX_BURST + 1), st.booleans(), st.none(),
+                       st.integers(1, 100).map(str), st.floats(), poison)
+bad_rule_names = st.one_of(
+    st.sampled_from(sorted(_policy.RULE_IDS) + ["Upper", "with space", "-lead", "trail-", "x" * 33, ""]),
+    st.integers(), st.booleans(), st.none(), poison)
+
+
+@st.composite
+def bad_port_rule(draw):
+    """(entry, field of the entry that must be named or None for the entry itself)."""
+    rule = {"proto": "tcp", "port": 80, "action": "drop"}
+    what = draw(st.sampled_from(("port", "icmp port", "proto", "action", "direction", "name", "missing")))
+    if what == "port":
+        rule["port"] = draw(bad_ports)
+    elif what == "icmp port":
+        rule.update(proto="icmp", port=draw(st.integers(1, 65535)))
+        what = "port"
+    elif what == "proto":
+        rule["proto"] = draw(st.one_of(st.text(max_size=6).filter(lambda t: t not in _policy.PORT_PROTOS),
+                                       st.integers(), st.none(), poison))
+    elif what == "action":
+        rule["action"] = draw(st.one_of(st.text(max_size=6).filter(lambda t: t not in _policy.PORT_ACTIONS),
+                                        st.integers(), st.none(), poison))
+    elif what == "direction":
+        rule["direction"] = draw(st.one_of(st.text(max_size=6).filter(lambda t: t not in _policy.PORT_DIRECTIONS),
+                                           st.integers(), poison))
+    elif what == "name":
+        rule["name"] = draw(bad_rule_names)
+    else:
+        del rule[draw(st.sampled_from(("proto", "action")))]
+        what = None
+    return rule, what
+
+
+@st.composite
+def bad_rate_limit(draw):
+    limit = {"per_source": 100, "match": {"proto": "udp", "port": "5000-5010"}}
+    what = draw(st.sampled_from(("per_source", "burst", "match port", "match proto", "icmp port", "missing")))
+    if what == "per_source":
+        limit["per_source"] = draw(bad_rates)
+    elif what == "burst":
+        limit["burst"] = draw(bad_bursts)
+    elif what == "match port":
+        limit["match"]["port"] = draw(bad_ports)
+        what = "match"
+    elif what == "match proto":
+        limit["match"]["proto"] = draw(st.one_of(st.text(max_size=6).filter(lambda t: t not in _policy.PORT_PROTOS),
+                                                 st.integers(), poison))
+        what = "match"
+    elif what == "icmp port":
+        limit["match"] = {"proto": "icmp", "port": 7}
+        what = "match"
+    else:
+        del limit["per_source"]
+        what = None
+    return limit, what
 
 
 @st.composite
@@ -516,6 +649,15 @@ def mutations(draw, raw):
         path = draw(st.sampled_from([()] + node_paths(raw)))
         junk = draw(st.one_of(poison, st.text(max_size=10), st.none(), st.integers())) if not path else draw(poison)
         return set_at(raw, path, junk), path, kind
+    if kind in ("bad port rule", "bad rate limit"):
+        list_key = "ports" if kind == "bad port rule" else "rate_limit"
+        entry, field = draw(bad_port_rule() if kind == "bad port rule" else bad_rate_limit())
+        flt = raw.get("filter")
+        if isinstance(flt, dict) and isinstance(flt.get(list_key), list):
+            # Keep room under the rule limit, so the problem reported is this entry's.
+            del flt[list_key][_policy.MAX_PORT_RULES - 1 if list_key == "ports" else _policy.MAX_RATE_LIMITS - 1:]
+        where = insert_into(raw, ("filter", list_key), draw, entry)
+        return raw, where + ((field,) if field else ()), kind
     key = draw(st.sampled_from(("name", "interfaces")))
     raw.pop(key, None)
     return raw, (key,), kind
@@ -792,7 +934,11 @@ FULL = {
     "name": "edge", "interfaces": ["eth0"], "xdp_mode": "auto",
     "filter": {"default": "allow", "deny": [{"cidr": "203.0.113.0/24", "comment": "c"},
                                             {"file": list_file("192.0.2.0/24 # test\n")}],
-               "allow": ["198.51.100.7/32"]},
+               "allow": ["198.51.100.7/32"],
+               "ports": [{"name": "telnet", "proto": "tcp", "port": 23, "direction": "ingress", "action": "drop",
+                          "comment": "c"}],
+               "rate_limit": [{"name": "web", "match": {"proto": "tcp", "port": "80-81"}, "per_source": "100/s",
+                               "burst": 200, "comment": "c"}]},
     "log": {"enabled": True, "fields": ["src_ip"], "directions": ["ingress"], "sample": "1/1",
             "sink": {"file": "/x", "max_size": "1M", "keep": 3}},
 }
