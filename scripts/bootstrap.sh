@@ -34,7 +34,7 @@ PYENV_ROOT="${PYENV_ROOT:-$HOME/.pyenv}"
 #   python3-yaml python3-jinja2  modules run on the hosts' /usr/bin/python3
 #   curl rsync git             tests (HTTP traffic), copies of the collection, clones
 #   (ShellCheck)               needed by ansible-test's shellcheck sanity test: package shellcheck
-#   nftables                   tests count what passed a filter with nft counters in a host
+#   nftables iputils-ping      tests count what passed a filter with nft counters; ICMP rules
 #   chromium                   the fleet report test opens the HTML in headless Chromium
 #   debootstrap systemd-container  the systemd Molecule scenario boots hosts with systemd-nspawn
 APT_PACKAGES=(
@@ -44,7 +44,7 @@ APT_PACKAGES=(
   python3-yaml python3-jinja2
   curl rsync git
   shellcheck
-  nftables chromium debootstrap systemd-container
+  nftables iputils-ping chromium debootstrap systemd-container
 )
 
 STEP=0

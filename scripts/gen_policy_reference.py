@@ -41,6 +41,8 @@ def _type_of(node: dict) -> str:
         return "`{cidr, comment}`"
     if kind == "object" and set(node.get("properties", {})) == {"file"}:
         return "`{file}`"
+    if kind == "object" and node.get("properties"):
+        return "`{%s}`" % ", ".join(node["properties"])
     return kind or "any"
 
 
@@ -63,6 +65,9 @@ def _rows(node: dict, path: str, required: set) -> list[str]:
         rows.append("| `%s` | %s | %s | %s | %s |" % cells)
         if child.get("type") == "object" and "properties" in child:
             rows.extend(_rows(child, field, set(child.get("required", []))))
+        items = child.get("items") if child.get("type") == "array" else None
+        if isinstance(items, dict) and items.get("type") == "object" and "properties" in items:
+            rows.extend(_rows(items, field + "[]", set(items.get("required", []))))
     return rows
 
 

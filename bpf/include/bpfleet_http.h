@@ -1,7 +1,7 @@
 {#-
   Rendered as part of bpfleet.c.j2 (it is a Jinja2 template like it) when the policy has
   log.http; `http` comes from plugins/plugin_utils/_render.py:kernel_http().
--#}
+#}
 /* HTTP/1.x request capture for the tc loggers (log.http in the policy; docs/logging-http.md).
  *
  * A TCP segment to one of the policy's HTTP ports whose payload starts with a request method
@@ -233,8 +233,8 @@ static __always_inline int http_candidate(struct packet_info *pkt)
 /* Emits the record of an HTTP request segment with its redacted headers. Returns 0, and
  * emits nothing, when the payload does not start a request: the caller then writes the
  * plain record. */
-static __always_inline int emit_http_record(struct __sk_buff *skb, struct packet_info *pkt, u8 dir, u8 action,
-                                            u16 rule)
+static __always_inline int emit_http_record(struct __sk_buff *skb, struct packet_info *pkt, u8 dir,
+                                            struct verdict *v)
 {
     u8 data_offset;
     if (bpf_skb_load_bytes(skb, pkt->l4_offset + 12, &data_offset, 1) < 0)
@@ -275,7 +275,7 @@ static __always_inline int emit_http_record(struct __sk_buff *skb, struct packet
         return 0;
     if (available > HTTP_MAX_BYTES)
         flags |= PAYLOAD_CUT;
-    fill_record(&cap->rec, pkt, skb->ifindex, skb->len, dir, action, rule);
+    fill_record(&cap->rec, pkt, skb->ifindex, skb->len, dir, v);
     cap->rec.payload_len = size;
     cap->rec.flags = flags;
     if (events.ringbuf_output(cap, sizeof(struct bpfleet_record) + size, wakeup_for_next_record()) < 0)

@@ -9,7 +9,8 @@
 #define ACTION_DROP 1
 #define ACTION_RATE_LIMITED 2
 
-/* Rule ids; names travel to user space in state.json. */
+/* Rule ids; names travel to user space in state.json. Port rules are 16 + their index in
+ * filter.ports, rate limits 128 + their index in filter.rate_limit. */
 #define RULE_DEFAULT 0
 #define RULE_DENY 1
 #define RULE_ALLOW 2
@@ -55,7 +56,9 @@ _Static_assert(sizeof(struct bpfleet_record) == 88, "record layout is a user-spa
 #define STAT_RECORDS_LOST 4
 #define STAT_TC_INGRESS_SEEN 5
 #define STAT_TC_EGRESS_SEEN 6
-#define STAT_SLOTS 8
+#define STAT_XDP_RATE_LIMITED 7
+#define STAT_TC_EGRESS_DROPPED 8
+#define STAT_SLOTS 16
 
 struct counter {
     u64 packets;

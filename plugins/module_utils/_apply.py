@@ -351,6 +351,7 @@ class PolicyHost:
             "xdp_mode": rendered["xdp_mode"],
             "programs": rendered["programs"],
             "rules": rendered["rules"],
+            "rule_details": rendered.get("rule_details", []),
             "log": rendered["log"],
         }
 

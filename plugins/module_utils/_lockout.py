@@ -14,18 +14,41 @@ __metaclass__ = type
 import ipaddress
 import os
 
+SSH_PORT = 22
+
 
 def controller_address(environ=None):
     """The SSH client address of this module run, or None for a local or non-SSH connection."""
+    return controller_endpoint(environ)[0]
+
+
+def controller_endpoint(environ=None):
+    """(client address, server port) of this module's SSH session; (None, None) without one.
+
+    SSH_CONNECTION is "client-address client-port server-address server-port"; SSH_CLIENT
+    has no server address, and its third word is the server port.
+    """
     environ = os.environ if environ is None else environ
-    for variable in ("SSH_CONNECTION", "SSH_CLIENT"):
+    for variable, port_index in (("SSH_CONNECTION", 3), ("SSH_CLIENT", 2)):
         words = (environ.get(variable) or "").split()
         if words:
             try:
-                return ipaddress.ip_address(words[0].split("%", 1)[0])
+                address = ipaddress.ip_address(words[0].split("%", 1)[0])
             except ValueError:
-                return None
-    return None
+                return None, None
+            try:
+                port = int(words[port_index])
+            except (IndexError, ValueError):
+                port = SSH_PORT
+            return address, port
+    return None, None
+
+
+def _matches_ssh(rule, port):
+    """Does a port rule or rate-limit match of the rendered policy match TCP to `port`?"""
+    if rule["proto"] not in ("tcp", "any"):
+        return False
+    return not rule["port_low"] or rule["port_low"] <= port <= rule["port_high"]
 
 
 def _first_match(address, entries):
@@ -36,11 +59,11 @@ def _first_match(address, entries):
     return None
 
 
-def verdict(address, rendered):
-    """(dropped, reason) for a packet from `address` under the rendered policy's filter.
+def verdict(address, rendered, port=SSH_PORT):
+    """(dropped, reason) for a TCP packet from `address` to `port` under the rendered filter.
 
-    Mirrors decide() in bpf/bpfleet.c.j2: an allow entry wins, then a deny entry, then the
-    policy's default.
+    Mirrors classify() in bpf/bpfleet.c.j2: an allow entry wins, then a deny entry, then the
+    first ingress port rule that drops or passes, then the policy's default.
     """
     family = "v4" if address.version == 4 else "v6"
     contents = rendered["map_contents"]
@@ -50,6 +73,20 @@ def verdict(address, rendered):
     denied = _first_match(address, contents["deny_" + family])
     if denied is not None:
         return True, "it matches filter.deny %s" % denied
+    for rule in (rendered.get("filter") or {}).get("ports") or []:
+        if rule["direction"] == "ingress" and rule["action"] != "log" and _matches_ssh(rule, port):
+            if rule["action"] == "drop":
+                return True, "port rule %s drops TCP port %d" % (rule["name"], port)
+            return False, "port rule %s passes TCP port %d" % (rule["name"], port)
     if rendered.get("filter_default") == "deny":
         return True, "filter.default is deny and no filter.allow entry matches it"
     return False, "no list matches it and filter.default is allow"
+
+
+def rate_limits_on(address, rendered, port=SSH_PORT):
+    """Rate limits that would count the controller's SSH packets (allow-listed sources are exempt)."""
+    family = "v4" if address.version == 4 else "v6"
+    if _first_match(address, rendered["map_contents"]["allow_" + family]) is not None:
+        return []
+    return ["%s (%d packets/s, burst %d)" % (limit["name"], limit["rate"], limit["burst"])
+            for limit in (rendered.get("filter") or {}).get("rate_limit") or [] if _matches_ssh(limit, port)]

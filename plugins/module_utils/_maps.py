@@ -23,7 +23,8 @@ _COUNTER = struct.Struct("<QQ")
 
 # Slots of the `stats` per-CPU array (bpf/include/bpfleet_record.h).
 STAT_SLOTS = ("xdp_seen", "xdp_passed", "xdp_dropped", "records_emitted", "records_lost",
-              "tc_ingress_seen", "tc_egress_seen")
+              "tc_ingress_seen", "tc_egress_seen", "xdp_rate_limited", "tc_egress_dropped")
+_RULE_KEY = struct.Struct("<II")  # struct rule_key {u32 ifindex; u32 rule;}
 
 LIST_MAPS = ("deny_v4", "deny_v6", "allow_v4", "allow_v6")
 
@@ -113,8 +114,26 @@ def sum_percpu_counters(fd, slot):
     return packets, byte_count
 
 
-def read_counters(name, rules):
-    """Live counters from the pinned per-CPU maps of a policy; None when not pinned."""
+def read_rule_counters(fd):
+    """{(ifindex, rule id): (packets, bytes)} summed over CPUs from the rule_stats hash."""
+    found = {}
+    for key in bpf.map_keys(fd, _RULE_KEY.size):
+        packets = byte_count = 0
+        for value in bpf.percpu_lookup(fd, bytes(key), _COUNTER.size) or []:
+            p, b = _COUNTER.unpack_from(value)
+            packets += p
+            byte_count += b
+        found[_RULE_KEY.unpack(bytes(key))] = (packets, byte_count)
+    return found
+
+
+def read_counters(name, rules, ifnames=None):
+    """Live counters from the pinned per-CPU maps of a policy; None when not pinned.
+
+    `rules` maps rule id -> name (state.json); `ifnames` maps ifindex -> interface name.
+    Per-rule counters are kept per interface in the kernel; `rules` sums them and
+    `interfaces` keeps them apart.
+    """
     stats_fd = open_pinned(paths.map_pin(name, "stats"))
     if stats_fd is None:
         return None
@@ -127,17 +146,29 @@ def read_counters(name, rules):
                 counters[label + "_bytes"] = byte_count
     finally:
         os.close(stats_fd)
-    rule_counters = {}
+    rule_counters = dict((rule_name, {"id": int(rule_id), "packets": 0, "bytes": 0})
+                         for rule_id, rule_name in rules.items())
+    by_interface = {}
     rules_fd = open_pinned(paths.map_pin(name, "rule_stats"))
     if rules_fd is not None:
         try:
-            for rule_id, rule_name in sorted(rules.items(), key=lambda item: int(item[0])):
-                packets, byte_count = sum_percpu_counters(rules_fd, int(rule_id))
-                rule_counters[rule_name] = {"packets": packets, "bytes": byte_count}
+            live = read_rule_counters(rules_fd)
+        except OSError:
+            live = {}  # a rule_stats map of an older layout: the next policy run recreates it
         finally:
             os.close(rules_fd)
+        for (ifindex, rule_id), (packets, byte_count) in sorted(live.items()):
+            rule_name = rules.get(str(rule_id), str(rule_id))
+            total = rule_counters.setdefault(rule_name, {"id": rule_id, "packets": 0, "bytes": 0})
+            total["packets"] += packets
+            total["bytes"] += byte_count
+            iface = (ifnames or {}).get(ifindex, "ifindex %d" % ifindex)
+            per_iface = by_interface.setdefault(iface, {"rules": {}})
+            per_iface["rules"][rule_name] = {"packets": packets, "bytes": byte_count}
     counters["packets_seen"] = counters["xdp_seen"]
     counters["passed"] = counters["xdp_passed"]
     counters["dropped"] = counters["xdp_dropped"]
+    counters["rate_limited"] = counters["xdp_rate_limited"]
     counters["rules"] = rule_counters
+    counters["interfaces"] = by_interface
     return counters

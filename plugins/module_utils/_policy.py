@@ -44,8 +44,25 @@ DENY_V6_MAX = 131072
 ALLOW_V4_MAX = 65536
 ALLOW_V6_MAX = 65536
 
-# Rule ids are part of the kernel/user-space contract (docs/architecture.md).
+# Rule ids are part of the kernel/user-space contract (docs/architecture.md): the lists
+# have fixed ids, port rules and rate limits take ids from their position in the policy.
 RULE_IDS = {"default": 0, "deny": 1, "allow": 2}
+PORT_RULE_FIRST_ID = 16
+MAX_PORT_RULES = 64
+RATE_LIMIT_FIRST_ID = 128
+MAX_RATE_LIMITS = 32
+
+PORT_PROTOS = ("tcp", "udp", "icmp", "any")
+PORT_ACTIONS = ("drop", "pass", "log")
+PORT_DIRECTIONS = ("ingress", "egress")
+RATE_PROTOS = PORT_PROTOS
+# A token bucket of up to 10 M packets/s per source: anything faster is not a limit a veth
+# or a NIC queue would ever apply, and it keeps the kernel's fixed-point arithmetic in u64.
+MAX_RATE_PPS = 10000000
+MAX_BURST = 10000000
+RULE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9_.-]{0,30}[a-z0-9])?$"
+PORT_PATTERN = r"^\s*[0-9]{1,5}\s*(-\s*[0-9]{1,5}\s*)?$"
+RATE_PATTERN = r"^\s*[0-9]{1,8}\s*(/\s*s)?\s*$"
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,46}[a-z0-9])?$"
 IFACE_PATTERN = r"^(?!\.\.?$)[^/\s:]{1,15}$"
@@ -55,10 +72,7 @@ MAX_SINK_KEEP = 1000
 
 # log.match: which packets produce records at all, decided in the kernel before sampling.
 MAX_LOG_MATCH_RULES = 16
-MATCH_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
-PORT_PROTOCOLS = (6, 17)
-PORT_RANGE_PATTERN = r"^\s*[0-9]{1,5}\s*-\s*[0-9]{1,5}\s*$"
-_PORT_RANGE_RE = re.compile(r"^\s*([0-9]{1,5})\s*-\s*([0-9]{1,5})\s*$")
+LOG_MATCH_PROTOS = ("tcp", "udp", "icmp")
 MATCH_PORT_KEYS = ("port", "src_port", "dst_port")
 
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -67,11 +81,26 @@ _IFACE_RE = re.compile(IFACE_PATTERN)
 _SAMPLE_RE = re.compile(r"^\s*1\s*/\s*([0-9]{1,7})\s*$")
 _SIZE_RE = re.compile(r"^([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*([kKmMgG]?)[bB]?$")
 _SIZE_FACTORS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+_RULE_NAME_RE = re.compile(RULE_NAME_PATTERN)
+_PORT_RE = re.compile(r"^\s*([0-9]{1,5})\s*(?:-\s*([0-9]{1,5})\s*)?$")
+_RATE_RE = re.compile(r"^\s*([0-9]{1,8})\s*(?:/\s*s)?\s*$")
 
 
 def _port_schema(what):
     return {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 65535},
-                      {"type": "string", "pattern": PORT_RANGE_PATTERN}],
+                      {"type": "string", "pattern": PORT_PATTERN}],
+            "description": what}
+
+
+def _rule_name_schema(kind):
+    return {"type": "string", "pattern": RULE_NAME_PATTERN,
+            "description": "Names the rule's counters in the facts and its records' `rule` field (1-32 "
+                           "characters of a-z, 0-9, `.`, `-`, `_`). Default: `%s[<index>]`." % kind}
+
+
+def _log_port_schema(what):
+    return {"oneOf": [{"type": "integer", "minimum": 1, "maximum": 65535},
+                      {"type": "string", "pattern": PORT_PATTERN}],
             "description": what + " A port (1-65535) or an inclusive range such as `8000-8099`."}
 
 
@@ -130,8 +159,10 @@ POLICY_SCHEMA = {
                                     "use); `native` and `generic` demand that mode."},
         "filter": {
             "type": "object", "additionalProperties": False, "default": {},
-            "description": "The XDP filter. It decides on the source address of IPv4 and IPv6 packets; non-IP "
-                           "frames (ARP) always pass.",
+            "description": "The filter, in this order: the allow list passes, the deny list drops (both by "
+                           "source address), then the port rules, then the rate limits, then `default`. Non-IP "
+                           "frames (ARP) and IPv6 neighbour discovery always pass. Ingress runs in XDP; egress "
+                           "port rules at tc egress.",
             "properties": {
                 "default": {"enum": list(FILTER_DEFAULTS), "default": "allow",
                             "description": "What happens to an IP packet that no list matches. `deny` makes the "
@@ -142,6 +173,67 @@ POLICY_SCHEMA = {
                                            " and the only sources that pass with `default: deny`. Limits: %d IPv4 "
                                            "and %d IPv6 prefixes. A network in both lists is an error."
                                            % (ALLOW_V4_MAX, ALLOW_V6_MAX)),
+                "ports": {
+                    "type": "array", "default": [], "maxItems": MAX_PORT_RULES,
+                    "description": "Port rules, checked in order after the lists: the first rule that matches "
+                                   "a packet decides it (`log` rules record the packet and let the next rules "
+                                   "decide). Sources on the allow list skip them; sources on the deny list never "
+                                   "reach them. At most %d rules." % MAX_PORT_RULES,
+                    "items": {
+                        "type": "object", "additionalProperties": False, "required": ["proto", "action"],
+                        "properties": {
+                            "name": _rule_name_schema("ports"),
+                            "proto": {"enum": list(PORT_PROTOS),
+                                      "description": "`tcp`, `udp`, `icmp` (ICMP and ICMPv6, except IPv6 "
+                                                     "neighbour discovery, which always passes) or `any` (every "
+                                                     "IP packet; with `port`, TCP and UDP)."},
+                            "port": _port_schema("Destination port (1-65535) or range `low-high`, such as "
+                                                 "`6000-6100`. Not allowed for icmp. Without it the rule "
+                                                 "matches every port of its protocol."),
+                            "direction": {"enum": list(PORT_DIRECTIONS), "default": "ingress",
+                                          "description": "`ingress` rules run in XDP; `egress` rules run at tc "
+                                                         "egress on packets this host sends (a tc program is "
+                                                         "attached for them even without logging)."},
+                            "action": {"enum": list(PORT_ACTIONS),
+                                       "description": "`drop`, `pass` (skips the filter default, but not the "
+                                                      "rate limits) or `log` (a header record for every match, "
+                                                      "regardless of log.sample; needs the log section)."},
+                            "comment": {"type": "string", "description": "Why this rule exists."},
+                        },
+                    },
+                },
+                "rate_limit": {
+                    "type": "array", "default": [], "maxItems": MAX_RATE_LIMITS,
+                    "description": "Per-source token buckets at XDP (ingress). A packet matching a rule takes a "
+                                   "token from its source's bucket; with none left it is dropped and counted as "
+                                   "`rate_limited`. Every matching rule applies. Allow-listed sources are "
+                                   "exempt. At most %d rules; buckets live in an LRU map of %d sources per "
+                                   "policy." % (MAX_RATE_LIMITS, 131072),
+                    "items": {
+                        "type": "object", "additionalProperties": False, "required": ["per_source"],
+                        "properties": {
+                            "name": _rule_name_schema("rate_limit"),
+                            "match": {
+                                "type": "object", "additionalProperties": False, "default": {},
+                                "description": "Which packets count against the bucket. Empty: every IP packet.",
+                                "properties": {
+                                    "proto": {"enum": list(RATE_PROTOS), "default": "any",
+                                              "description": "As in filter.ports."},
+                                    "port": _port_schema("Destination port or range (tcp, udp, any)."),
+                                },
+                            },
+                            "per_source": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": MAX_RATE_PPS},
+                                                     {"type": "string", "pattern": RATE_PATTERN}],
+                                           "description": "Packets per second per source address (`2000/s` or "
+                                                          "2000), 1 to %d." % MAX_RATE_PPS},
+                            "burst": {"type": "integer", "minimum": 1, "maximum": MAX_BURST,
+                                      "description": "Bucket size in packets: how many may arrive at once "
+                                                     "after a quiet spell. Default: one second's worth "
+                                                     "(`per_source`)."},
+                            "comment": {"type": "string", "description": "Why this limit exists."},
+                        },
+                    },
+                },
             },
         },
         "log": {
@@ -172,14 +264,15 @@ POLICY_SCHEMA = {
                         "type": "object", "additionalProperties": False, "minProperties": 1,
                         "description": "All the fields given must match.",
                         "properties": {
-                            "proto": {"oneOf": [{"enum": sorted(MATCH_PROTOCOLS)},
+                            "proto": {"oneOf": [{"enum": list(LOG_MATCH_PROTOS)},
                                                 {"type": "integer", "minimum": 0, "maximum": 255}],
-                                      "description": "IP protocol: `tcp`, `udp`, `icmp`, `icmpv6` or a number "
-                                                     "(0-255). Without it, a rule with a port matches TCP and UDP."},
-                            "port": _port_schema("Source or destination port (either matches): logs both "
-                                                 "directions of a conversation."),
-                            "src_port": _port_schema("Source port."),
-                            "dst_port": _port_schema("Destination port."),
+                                      "description": "`tcp`, `udp`, `icmp` (ICMP and ICMPv6, as in filter.ports) "
+                                                     "or an IP protocol number (0-255). Without it, a rule with "
+                                                     "a port matches TCP and UDP."},
+                            "port": _log_port_schema("Source or destination port, either one (like tcpdump's "
+                                                     "`port 80`): both directions of a conversation."),
+                            "src_port": _log_port_schema("Source port."),
+                            "dst_port": _log_port_schema("Destination port."),
                         },
                     },
                 },
@@ -438,8 +531,205 @@ def _sorted_networks(pairs):
     return [str(network) for network in networks]
 
 
+def _parse_port(col, path, value):
+    """(low, high) from 23, "23" or "6000-6100"; None after reporting the problem."""
+    if isinstance(value, bool):
+        match = None
+    elif isinstance(value, int):
+        match = _PORT_RE.fullmatch(str(value)) if value >= 0 else None
+    elif isinstance(value, str):
+        match = _PORT_RE.fullmatch(value)
+    else:
+        match = None
+    if not match:
+        col.error(path, "must be a port (1-65535) or a range such as 6000-6100, got %r" % (value,))
+        return None
+    low = int(match.group(1))
+    high = int(match.group(2)) if match.group(2) is not None else low
+    if not (1 <= low <= 65535 and 1 <= high <= 65535):
+        col.error(path, "ports are 1-65535, got %r" % (value,))
+        return None
+    if low > high:
+        col.error(path, "range %d-%d runs backwards (did you mean %d-%d?)" % (low, high, high, low))
+        return None
+    return low, high
+
+
+def _rule_name(col, path, entry, default, taken):
+    name = entry.get("name", default)
+    if "name" in entry:
+        if not isinstance(name, str) or not _RULE_NAME_RE.fullmatch(name):
+            col.error(_join(path, "name"), "must be 1-32 characters of a-z, 0-9, '.', '-' and '_', starting "
+                      "and ending with a letter or digit, got %r" % (name,))
+            return default
+        if name in RULE_IDS:
+            col.error(_join(path, "name"), "%r is the name of a built-in rule" % name)
+            return default
+    if name in taken:
+        col.error(_join(path, "name"), "%r already names %s" % (name, taken[name]))
+    taken[name] = path
+    return name
+
+
+def _parse_match(col, path, entry, proto_key_path):
+    """(proto, (low, high) or None) of a port rule or a rate-limit match."""
+    proto = entry.get("proto", "any")
+    if proto not in PORT_PROTOS:
+        col.error(proto_key_path, "must be one of %s, got %r" % (", ".join(PORT_PROTOS), proto))
+        proto = None
+    ports = None
+    if "port" in entry:
+        if proto == "icmp":
+            col.error(_join(path, "port"), "icmp has no ports: remove port, or use proto tcp, udp or any")
+        else:
+            ports = _parse_port(col, _join(path, "port"), entry["port"])
+    return proto, ports
+
+
+def _protocols(rule):
+    """IP protocols a rule matches: `any` with a port means the protocols that have ports."""
+    if rule["proto"] != "any":
+        return {rule["proto"]}
+    return {"tcp", "udp"} if rule["port_low"] else {"tcp", "udp", "icmp", "other"}
+
+
+def _covers(first, later):
+    """Does rule `first` match every packet that rule `later` matches?"""
+    if first["direction"] != later["direction"] or not _protocols(later) <= _protocols(first):
+        return False
+    if not first["port_low"]:
+        return True
+    if not later["port_low"]:
+        return False
+    return first["port_low"] <= later["port_low"] and later["port_high"] <= first["port_high"]
+
+
+def _validate_ports(col, raw, taken):
+    rules = []
+    if raw is None:
+        return rules
+    if not _expect(col, "filter.ports", raw, list, "a list of port rules"):
+        return rules
+    if len(raw) > MAX_PORT_RULES:
+        col.error("filter.ports", "%d rules exceed the limit of %d" % (len(raw), MAX_PORT_RULES))
+        return rules
+    for index, entry in enumerate(raw):
+        path = _join("filter.ports", index)
+        if not _expect(col, path, entry, dict, "a mapping such as {proto: tcp, port: 23, action: drop}"):
+            continue
+        _check_keys(col, path, entry, _PORT_RULE_KEYS)
+        ok = True
+        for required in ("proto", "action"):
+            if required not in entry:
+                col.error(path, "missing required field %r" % required)
+                ok = False
+        proto, ports = _parse_match(col, path, entry, _join(path, "proto"))
+        action = entry.get("action")
+        if "action" in entry and action not in PORT_ACTIONS:
+            col.error(_join(path, "action"), "must be one of %s, got %r" % (", ".join(PORT_ACTIONS), action))
+            ok = False
+        direction = entry.get("direction", "ingress")
+        if direction not in PORT_DIRECTIONS:
+            col.error(_join(path, "direction"), "must be ingress or egress, got %r" % (direction,))
+            ok = False
+        if "comment" in entry and not isinstance(entry["comment"], str):
+            col.error(_join(path, "comment"), "expected a string")
+        name = _rule_name(col, path, entry, "ports[%d]" % index, taken)
+        if not ok or proto is None or ("port" in entry and ports is None):
+            continue
+        rule = {"id": PORT_RULE_FIRST_ID + index, "name": name, "path": path, "proto": proto,
+                "port_low": ports[0] if ports else 0, "port_high": ports[1] if ports else 0,
+                "direction": direction, "action": action}
+        for earlier in rules:
+            if earlier["action"] != "log" and _covers(earlier, rule):
+                col.warn(path, "never matches: %s (%s) matches every packet it would" % (
+                    earlier["path"], earlier["name"]))
+                break
+        rules.append(rule)
+    for rule in rules:
+        del rule["path"]
+    return rules
+
+
+def _parse_rate(col, path, value):
+    if isinstance(value, bool):
+        match = None
+    elif isinstance(value, int):
+        match = _RATE_RE.fullmatch(str(value)) if value >= 0 else None
+    elif isinstance(value, str):
+        match = _RATE_RE.fullmatch(value)
+    else:
+        match = None
+    if not match:
+        col.error(path, "must be packets per second such as 2000/s or 2000, got %r" % (value,))
+        return None
+    rate = int(match.group(1))
+    if rate < 1:
+        col.error(path, "a rate of 0 packets/s drops everything it matches: use a filter.ports drop rule")
+        return None
+    if rate > MAX_RATE_PPS:
+        col.error(path, "%d packets/s per source is beyond any link (at most %d)" % (rate, MAX_RATE_PPS))
+        return None
+    return rate
+
+
+_PORT_RULE_KEYS = tuple(POLICY_SCHEMA["properties"]["filter"]["properties"]["ports"]["items"]["properties"])
+_RATE_LIMIT_KEYS = tuple(POLICY_SCHEMA["properties"]["filter"]["properties"]["rate_limit"]["items"]["properties"])
+_RATE_MATCH_KEYS = tuple(
+    POLICY_SCHEMA["properties"]["filter"]["properties"]["rate_limit"]["items"]["properties"]["match"]["properties"])
+
+
+def _validate_rate_limits(col, raw, taken):
+    limits = []
+    if raw is None:
+        return limits
+    if not _expect(col, "filter.rate_limit", raw, list, "a list of rate limits"):
+        return limits
+    if len(raw) > MAX_RATE_LIMITS:
+        col.error("filter.rate_limit", "%d rate limits exceed the limit of %d" % (len(raw), MAX_RATE_LIMITS))
+        return limits
+    for index, entry in enumerate(raw):
+        path = _join("filter.rate_limit", index)
+        if not _expect(col, path, entry, dict, "a mapping such as {per_source: 2000/s, burst: 4000}"):
+            continue
+        _check_keys(col, path, entry, _RATE_LIMIT_KEYS)
+        name = _rule_name(col, path, entry, "rate_limit[%d]" % index, taken)
+        match = entry.get("match", {})
+        proto, ports, ok = "any", None, True
+        if match is None:
+            match = {}
+        if _expect(col, _join(path, "match"), match, dict, "a mapping such as {proto: tcp, port: 80}"):
+            match_path = _join(path, "match")
+            _check_keys(col, match_path, match, _RATE_MATCH_KEYS)
+            proto, ports = _parse_match(col, match_path, match, _join(match_path, "proto"))
+            if proto is None or ("port" in match and ports is None):
+                ok = False
+        else:
+            ok = False
+        if "per_source" not in entry:
+            col.error(path, "missing required field 'per_source' (packets per second, such as 2000/s)")
+            rate = None
+        else:
+            rate = _parse_rate(col, _join(path, "per_source"), entry["per_source"])
+        burst = entry.get("burst", rate)
+        if "burst" in entry:
+            if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= MAX_BURST:
+                col.error(_join(path, "burst"), "must be a whole number of packets from 1 to %d, got %r"
+                          % (MAX_BURST, burst))
+                burst = None
+        if "comment" in entry and not isinstance(entry["comment"], str):
+            col.error(_join(path, "comment"), "expected a string")
+        if not ok or rate is None or burst is None:
+            continue
+        limits.append({"id": RATE_LIMIT_FIRST_ID + index, "name": name, "proto": proto,
+                       "port_low": ports[0] if ports else 0, "port_high": ports[1] if ports else 0,
+                       "rate": rate, "burst": burst})
+    return limits
+
+
 def _validate_filter(col, raw):
-    result = {"default": "allow", "deny_v4": [], "deny_v6": [], "allow_v4": [], "allow_v6": []}
+    result = {"default": "allow", "deny_v4": [], "deny_v6": [], "allow_v4": [], "allow_v6": [],
+              "ports": [], "rate_limit": []}
     if raw is None:
         return result
     if not _expect(col, "filter", raw, dict, "a mapping"):
@@ -470,6 +760,9 @@ def _validate_filter(col, raw):
     result["deny_v6"] = _sorted_networks(deny_v6)
     result["allow_v4"] = _sorted_networks(allow_v4)
     result["allow_v6"] = _sorted_networks(allow_v6)
+    taken = {}
+    result["ports"] = _validate_ports(col, raw.get("ports"), taken)
+    result["rate_limit"] = _validate_rate_limits(col, raw.get("rate_limit"), taken)
     return result
 
 
@@ -489,28 +782,9 @@ def _parse_size(col, path, value):
     return size
 
 
-def _parse_port_spec(col, path, value):
-    """[low, high] from 80 or "8000-8099"; None after reporting the problem."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        low = high = value
-    else:
-        match = _PORT_RANGE_RE.fullmatch(value) if isinstance(value, str) else None
-        if not match:
-            col.error(path, "must be a port (1-65535) or a range such as 8000-8099, got %r" % (value,))
-            return None
-        low, high = int(match.group(1)), int(match.group(2))
-        if low > high:
-            col.error(path, "range %s runs backwards (did you mean %d-%d?)" % (value.strip(), high, low))
-            return None
-    for port in (low, high):
-        if not 1 <= port <= 65535:
-            col.error(path, "port %d is out of range (1-65535)" % port)
-            return None
-    return [low, high]
-
-
 def _validate_match(col, raw):
-    """log.match: a list of {proto, port, src_port, dst_port}; returns normalized rules."""
+    """log.match: a list of {proto, port, src_port, dst_port}; returns normalized rules with
+    ports as [low, high] and proto as a name, a number or None."""
     rules = []
     if raw is None:
         return rules
@@ -531,29 +805,35 @@ def _validate_match(col, raw):
         rule = {"proto": None, "port": None, "src_port": None, "dst_port": None}
         if "proto" in entry:
             proto = entry["proto"]
-            if isinstance(proto, str) and proto.lower() in MATCH_PROTOCOLS:
-                rule["proto"] = MATCH_PROTOCOLS[proto.lower()]
-            elif isinstance(proto, int) and not isinstance(proto, bool) and 0 <= proto <= 255:
+            if proto in LOG_MATCH_PROTOS:
                 rule["proto"] = proto
+            elif isinstance(proto, int) and not isinstance(proto, bool) and 0 <= proto <= 255:
+                rule["proto"] = {6: "tcp", 17: "udp"}.get(proto, proto)
             else:
-                col.error(_join(path, "proto"), "must be one of %s or a protocol number 0-255, got %r"
-                          % (", ".join(sorted(MATCH_PROTOCOLS)), proto))
+                col.error(_join(path, "proto"), "must be one of %s or an IP protocol number 0-255, got %r"
+                          % (", ".join(LOG_MATCH_PROTOS), proto))
                 continue
+        broken = False
         for key in MATCH_PORT_KEYS:
             if key in entry:
-                rule[key] = _parse_port_spec(col, _join(path, key), entry[key])
+                ports = _parse_port(col, _join(path, key), entry[key])
+                broken = broken or ports is None
+                rule[key] = list(ports) if ports else None
+        if broken:
+            continue
         has_ports = any(key in entry for key in MATCH_PORT_KEYS)
-        if has_ports and rule["proto"] is not None and rule["proto"] not in PORT_PROTOCOLS:
-            col.error(path, "ports only exist for tcp and udp, not for protocol %r" % (entry["proto"],))
+        if has_ports and rule["proto"] not in (None, "tcp", "udp"):
+            col.error(path, "ports only exist for tcp and udp, not for proto %r" % (entry["proto"],))
             continue
         if rule not in rules:
             rules.append(rule)
-    return rules
+    # The rules are alternatives: their order means nothing, so it changes no digest.
+    return sorted(rules, key=lambda rule: json.dumps(rule, sort_keys=True))
 
 
 def _rule_logs_http_port(rule, port):
     """Whether a log.match rule lets a TCP request to `port` through."""
-    if rule["proto"] not in (None, 6) or rule["src_port"] is not None:
+    if rule["proto"] not in (None, "tcp") or rule["src_port"] is not None:
         return False
     for key in ("port", "dst_port"):
         if rule[key] is not None and not rule[key][0] <= port <= rule[key][1]:
@@ -562,8 +842,8 @@ def _rule_logs_http_port(rule, port):
 
 
 def _header_name_list(col, path, raw, what):
-    """Lowercase RFC 9110 tokens, in order, without duplicates."""
-    names = []
+    """{lowercase name: its path} of a list of RFC 9110 tokens, without duplicates."""
+    names = {}
     if raw is None:
         return names
     if not _expect(col, path, raw, list, "a list of %s" % what):
@@ -578,7 +858,7 @@ def _header_name_list(col, path, raw, what):
         if lowered in names:
             col.warn(entry_path, "%s is listed twice (names are compared in any case)" % name)
             continue
-        names.append(lowered)
+        names[lowered] = entry_path
     return names
 
 
@@ -605,10 +885,15 @@ def _validate_http(col, raw, match_rules):
                 col.error("log.http.ports", "%d ports, at most %d (each is a comparison in the kernel)"
                           % (len(chosen), _http.MAX_PORTS))
             result["ports"] = sorted(chosen)
+    headers = dict((name, "log.http.headers") for name in result["headers"])
+    redact = {}
     if "headers" in raw:
-        result["headers"] = _header_name_list(col, "log.http.headers", raw["headers"], "header names")
+        headers = _header_name_list(col, "log.http.headers", raw["headers"], "header names")
     if "redact" in raw:
-        result["redact"] = _header_name_list(col, "log.http.redact", raw["redact"], "header names")
+        redact = _header_name_list(col, "log.http.redact", raw["redact"], "header names")
+    # Order carries no meaning: sorted, so reordering the lists in git changes no digest.
+    result["headers"] = sorted(headers)
+    result["redact"] = sorted(redact)
     if "redact_containing" in raw:
         parts = raw["redact_containing"]
         if _expect(col, "log.http.redact_containing", parts, list, "a list of name parts such as session"):
@@ -626,7 +911,7 @@ def _validate_http(col, raw, match_rules):
                     col.warn(entry_path, "%s is listed twice" % part)
                 else:
                     chosen.append(part.lower())
-            result["redact_containing"] = chosen
+            result["redact_containing"] = sorted(chosen)
     if "max_bytes" in raw:
         size = raw["max_bytes"]
         if (isinstance(size, bool) or not isinstance(size, int)
@@ -637,13 +922,13 @@ def _validate_http(col, raw, match_rules):
         else:
             result["max_bytes"] = size
     rules = _http.RedactionRules(result["redact"], result["redact_containing"])
-    for index, name in enumerate(result["headers"]):
+    for name, path in sorted(headers.items()):
         if rules.is_sensitive(name):
-            col.warn(_join("log.http.headers", index), "%s is redacted: records show it as %s" % (name, _http.REDACTED))
+            col.warn(path, "%s is redacted: records show it as %s" % (name, _http.REDACTED))
     default_rules = _http.RedactionRules()
-    for index, name in enumerate(result["redact"]):
+    for name, path in sorted(redact.items()):
         if default_rules.is_sensitive(name):
-            col.warn(_join("log.http.redact", index), "%s is redacted by default already" % name)
+            col.warn(path, "%s is redacted by default already" % name)
     if match_rules:
         for port in result["ports"]:
             if not any(_rule_logs_http_port(rule, port) for rule in match_rules):
@@ -774,6 +1059,11 @@ def validate(raw, source=None, read_file=None):
 
     filter_model = _validate_filter(col, raw.get("filter"))
     log_model = _validate_log(col, raw.get("log"))
+    if not log_model["enabled"]:
+        for rule in filter_model["ports"]:
+            if rule["action"] == "log":
+                col.error("filter.ports[%d].action" % (rule["id"] - PORT_RULE_FIRST_ID),
+                          "log needs header records: add a log section (or set log.enabled: true)")
 
     if col.errors:
         raise PolicyError(col.errors)
@@ -788,9 +1078,26 @@ def validate(raw, source=None, read_file=None):
     return model, col.warnings
 
 
-def rule_names():
-    """Rule id -> name table shipped with the program (ids are in the records)."""
-    return dict((str(rule_id), name) for name, rule_id in RULE_IDS.items())
+def rule_names(model=None):
+    """Rule id -> name table shipped with the program (ids are in the records and counters)."""
+    return dict((str(rule["id"]), rule["name"]) for rule in rule_details(model))
+
+
+def rule_details(model=None):
+    """Every rule of a policy with its id, kind and what it does; the facts report counters by it."""
+    flt = (model or {}).get("filter") or {}
+    default_action = "drop" if flt.get("default") == "deny" else "pass"
+    rules = [
+        {"id": RULE_IDS["default"], "name": "default", "kind": "default", "action": default_action},
+        {"id": RULE_IDS["deny"], "name": "deny", "kind": "list", "action": "drop"},
+        {"id": RULE_IDS["allow"], "name": "allow", "kind": "list", "action": "pass"},
+    ]
+    for rule in flt.get("ports") or []:
+        rules.append({"id": rule["id"], "name": rule["name"], "kind": "port", "action": rule["action"],
+                      "direction": rule["direction"]})
+    for limit in flt.get("rate_limit") or []:
+        rules.append({"id": limit["id"], "name": limit["name"], "kind": "rate_limit", "action": "rate_limited"})
+    return rules
 
 
 def map_contents(model):

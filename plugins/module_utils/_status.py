@@ -11,6 +11,7 @@ __metaclass__ = type
 
 import os
 import platform
+import socket
 import time
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _attach as attach
@@ -127,6 +128,18 @@ def log_status(state, agent_policies):
     return entry
 
 
+def _ifindex_names(interfaces):
+    """ifindex -> name in this network namespace (if_nametoindex asks the kernel, unlike a
+    /sys/class/net that may belong to another namespace)."""
+    names = {}
+    for iface in interfaces:
+        try:
+            names[socket.if_nametoindex(iface)] = iface
+        except OSError:
+            continue
+    return names
+
+
 def gather(runner, only=None):
     status = paths.read_json(paths.AGENT_STATUS) or {}
     agent = agent_status(status)
@@ -137,7 +150,12 @@ def gather(runner, only=None):
             continue
         state = paths.read_json(paths.state_file(name)) or {}
         attached, drift = attachments(runner, name, state)
-        counters = maps.read_counters(name, state.get("rules") or {})
+        counters = maps.read_counters(name, state.get("rules") or {}, _ifindex_names(state.get("interfaces", [])))
+        if counters is not None:
+            for detail in state.get("rule_details") or []:
+                entry = counters["rules"].get(detail["name"])
+                if entry is not None:
+                    entry.update((key, detail[key]) for key in ("kind", "action", "direction") if key in detail)
         log = log_status(state, agent_policies)
         if counters is not None:
             log["records_emitted"] = counters["records_emitted"]

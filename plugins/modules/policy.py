@@ -228,10 +228,13 @@ def _diff(name, rendered, plan):
 
 def _guard_lockout(module, rendered):
     """Refuse a policy that would drop the controller's own SSH connection."""
-    address = _lockout.controller_address()
+    address, port = _lockout.controller_endpoint()
     if address is None:
         return {"controller": None, "dropped": False, "reason": "no SSH connection to guard"}
-    dropped, reason = _lockout.verdict(address, rendered)
+    dropped, reason = _lockout.verdict(address, rendered, port)
+    for limit in _lockout.rate_limits_on(address, rendered, port):
+        module.warn("the rate limit %s also counts the controller's SSH packets from %s; put the controller on "
+                    "filter.allow to exempt it" % (limit, address))
     if dropped and not module.params["allow_lockout"]:
         module.fail_json(msg="lockout guard: this policy would drop the controller's SSH connection from %s (%s); "
                              "nothing was changed. Fix the policy, or set allow_lockout: true if the controller "

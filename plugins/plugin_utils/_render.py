@@ -22,14 +22,23 @@ PIN_ROOT = "/sys/fs/bpf/bpfleet"
 RINGBUF_BYTES = 4 * 1024 * 1024
 
 # Kernel map types (uapi/linux/bpf.h enum bpf_map_type).
+MAP_TYPE_PERCPU_HASH = 5
 MAP_TYPE_PERCPU_ARRAY = 6
+MAP_TYPE_LRU_HASH = 9
 MAP_TYPE_LPM_TRIE = 11
 MAP_TYPE_RINGBUF = 27
 LPM_V4_KEY_SIZE = 8   # u32 prefixlen + 4 address bytes
 LPM_V6_KEY_SIZE = 20  # u32 prefixlen + 16 address bytes
 COUNTER_SIZE = 16     # struct counter {u64 packets; u64 bytes;}
-STATS_SLOTS = 8
-RULE_SLOTS = 64
+RULE_KEY_SIZE = 8     # struct rule_key {u32 ifindex; u32 rule;}
+RATE_KEY_SIZE = 24    # struct rate_key {u32 rule; u8 ip_ver; u8 pad[3]; u8 addr[16];}
+RATE_BUCKET_SIZE = 16  # struct rate_bucket {u64 tokens; u64 last_ns;}
+STATS_SLOTS = 16
+# (interface, rule) pairs: 64 interfaces of a policy times its up to 99 rules, with room.
+RULE_STATS_ENTRIES = 16384
+# Sources tracked by the rate limiter; the least recently seen bucket is evicted first.
+RATE_BUCKETS_ENTRIES = 131072
+NANOS_PER_SECOND = 1000000000
 
 
 def map_manifest():
@@ -45,8 +54,10 @@ def map_manifest():
          "max_entries": _policy.ALLOW_V6_MAX},
         {"name": "stats", "type": MAP_TYPE_PERCPU_ARRAY, "key_size": 4, "value_size": COUNTER_SIZE,
          "max_entries": STATS_SLOTS},
-        {"name": "rule_stats", "type": MAP_TYPE_PERCPU_ARRAY, "key_size": 4, "value_size": COUNTER_SIZE,
-         "max_entries": RULE_SLOTS},
+        {"name": "rule_stats", "type": MAP_TYPE_PERCPU_HASH, "key_size": RULE_KEY_SIZE,
+         "value_size": COUNTER_SIZE, "max_entries": RULE_STATS_ENTRIES},
+        {"name": "rate_buckets", "type": MAP_TYPE_LRU_HASH, "key_size": RATE_KEY_SIZE,
+         "value_size": RATE_BUCKET_SIZE, "max_entries": RATE_BUCKETS_ENTRIES},
         {"name": "events", "type": MAP_TYPE_RINGBUF, "key_size": 0, "value_size": 0,
          "max_entries": RINGBUF_BYTES},
     ]
@@ -58,8 +69,11 @@ def program_manifest(model):
     # prefix is how a host tells its own attachments from foreign ones.
     programs = [{"function": "bpfleet_xdp", "hook": "xdp", "pin": "prog_xdp"}]
     log = model["log"]
-    if log["enabled"]:
-        for direction in log["directions"]:
+    logged = log["directions"] if log["enabled"] else []
+    # Egress port rules need the egress program even when nothing is logged.
+    filters_egress = any(rule["direction"] == "egress" for rule in model["filter"]["ports"])
+    for direction in ("ingress", "egress"):
+        if direction in logged or (direction == "egress" and filters_egress):
             programs.append({"function": "bpfleet_" + direction, "hook": "tc-" + direction,
                              "pin": "prog_tc_" + direction})
     return programs
@@ -123,6 +137,12 @@ def log_settings(model):
     }
 
 
+def _fill_nanoseconds(limit):
+    """Time an empty bucket takes to fill: beyond it, the bucket is simply full. Computed here
+    so the kernel never multiplies a long idle time by the rate (a u64 overflow)."""
+    return -(-limit["burst"] * NANOS_PER_SECOND // limit["rate"])
+
+
 @functools.lru_cache(maxsize=1)
 def _environment():
     """One environment per process: Jinja2 then compiles the template once, not per host."""
@@ -148,6 +168,8 @@ def render(model):
         ringbuf_bytes=RINGBUF_BYTES,
         maps=map_manifest(),
         http=kernel_http(model),
+        rule_names=dict((rule["id"], rule["name"]) for rule in _policy.rule_details(model)),
+        rate_fill_ns=dict((limit["id"], _fill_nanoseconds(limit)) for limit in model["filter"]["rate_limit"]),
     )
     contents = _policy.map_contents(model)
     return {
@@ -158,9 +180,12 @@ def render(model):
         "maps_digest": _policy.digest_of(contents),
         "maps": map_manifest(),
         "programs": program_manifest(model),
-        "rules": _policy.rule_names(),
+        "rules": _policy.rule_names(model),
+        "rule_details": _policy.rule_details(model),
         "interfaces": model["interfaces"],
         "xdp_mode": model["xdp_mode"],
         "filter_default": model["filter"]["default"],
+        "filter": {"default": model["filter"]["default"], "ports": model["filter"]["ports"],
+                   "rate_limit": model["filter"]["rate_limit"]},
         "log": log_settings(model),
     }

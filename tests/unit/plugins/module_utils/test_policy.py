@@ -17,7 +17,8 @@ def test_minimal_policy_gets_explicit_defaults():
     model, warnings = _policy.validate(dict(MINIMAL), "edge.yml")
     assert warnings == []
     assert model["xdp_mode"] == "auto"
-    assert model["filter"] == {"default": "allow", "deny_v4": [], "deny_v6": [], "allow_v4": [], "allow_v6": []}
+    assert model["filter"] == {"default": "allow", "deny_v4": [], "deny_v6": [], "allow_v4": [], "allow_v6": [],
+                               "ports": [], "rate_limit": []}
     assert model["log"]["enabled"] is False
     assert model["log"]["file"] == "/var/log/bpfleet/headers.jsonl"
 
@@ -225,3 +226,86 @@ def test_dot_interface_names(name):
 def test_logging_off_needs_no_directions():
     model, _warnings = _policy.validate(dict(MINIMAL, log={"enabled": False, "directions": []}))
     assert model["log"]["enabled"] is False
+
+
+# --- port rules and rate limits ---------------------------------------------------------------
+
+@pytest.mark.parametrize("rule, path, message", [
+    ({"proto": "tcp", "port": 0, "action": "drop"}, "filter.ports[0].port", "ports are 1-65535, got 0"),
+    ({"proto": "tcp", "port": 65536, "action": "drop"}, "filter.ports[0].port", "ports are 1-65535, got 65536"),
+    ({"proto": "tcp", "port": "9000-8000", "action": "drop"}, "filter.ports[0].port",
+     "range 9000-8000 runs backwards (did you mean 8000-9000?)"),
+    ({"proto": "tcp", "port": "http", "action": "drop"}, "filter.ports[0].port",
+     "must be a port (1-65535) or a range such as 6000-6100, got 'http'"),
+    ({"proto": "icmp", "port": 8, "action": "drop"}, "filter.ports[0].port", "icmp has no ports"),
+    ({"proto": "sctp", "action": "drop"}, "filter.ports[0].proto", "must be one of tcp, udp, icmp, any, got 'sctp'"),
+    ({"proto": "tcp", "action": "reject"}, "filter.ports[0].action", "must be one of drop, pass, log, got 'reject'"),
+    ({"proto": "tcp", "action": "drop", "direction": "both"}, "filter.ports[0].direction",
+     "must be ingress or egress, got 'both'"),
+    ({"proto": "tcp"}, "filter.ports[0]", "missing required field 'action'"),
+    ({"proto": "tcp", "action": "drop", "prot": 1}, "filter.ports[0].prot", "unknown field (did you mean 'proto'?)"),
+    ({"proto": "tcp", "action": "drop", "name": "deny"}, "filter.ports[0].name", "'deny' is the name of a built-in"),
+    ({"proto": "tcp", "action": "drop", "name": "No Telnet"}, "filter.ports[0].name", "must be 1-32 characters"),
+    ({"proto": "tcp", "action": "log"}, "filter.ports[0].action", "log needs header records"),
+])
+def test_port_rule_errors(rule, path, message):
+    problems = problems_of(dict(MINIMAL, filter={"ports": [rule]}))
+    assert any(p.startswith("edge.yml: %s: %s" % (path, message)) for p in problems), problems
+
+
+@pytest.mark.parametrize("limit, path, message", [
+    ({"per_source": 0}, "filter.rate_limit[0].per_source", "a rate of 0 packets/s drops everything"),
+    ({"per_source": "0/s"}, "filter.rate_limit[0].per_source", "a rate of 0 packets/s drops everything"),
+    ({"per_source": "50000000/s"}, "filter.rate_limit[0].per_source",
+     "50000000 packets/s per source is beyond any link (at most 10000000)"),
+    ({"per_source": "100/min"}, "filter.rate_limit[0].per_source", "must be packets per second such as 2000/s"),
+    ({"per_source": 10, "burst": 0}, "filter.rate_limit[0].burst", "must be a whole number of packets from 1"),
+    ({"per_source": 10, "burst": 10 ** 9}, "filter.rate_limit[0].burst", "must be a whole number of packets from 1"),
+    ({"per_source": 10, "match": {"proto": "icmp", "port": 3}}, "filter.rate_limit[0].match.port",
+     "icmp has no ports"),
+    ({"per_source": 10, "match": {"port": 70000}}, "filter.rate_limit[0].match.port", "ports are 1-65535"),
+    ({"per_source": 10, "match": {"prot": "tcp"}}, "filter.rate_limit[0].match.prot", "unknown field"),
+    ({"burst": 10}, "filter.rate_limit[0]", "missing required field 'per_source'"),
+])
+def test_rate_limit_errors(limit, path, message):
+    problems = problems_of(dict(MINIMAL, filter={"rate_limit": [limit]}))
+    assert any(p.startswith("edge.yml: %s: %s" % (path, message)) for p in problems), problems
+
+
+def test_too_many_rules_and_duplicate_names():
+    problems = problems_of(dict(MINIMAL, filter={"ports": [{"proto": "tcp", "action": "drop"}] * 65}))
+    assert problems == ["edge.yml: filter.ports: 65 rules exceed the limit of 64"]
+    problems = problems_of(dict(MINIMAL, filter={"ports": [{"proto": "udp", "action": "drop", "name": "x"}],
+                                                 "rate_limit": [{"per_source": 5, "name": "x"}]}))
+    assert problems == ["edge.yml: filter.rate_limit[0].name: 'x' already names filter.ports[0]"]
+
+
+def test_port_rules_and_limits_model_and_shadow_warning():
+    raw = dict(MINIMAL, log={}, filter={
+        "ports": [{"proto": "tcp", "port": "20-30", "action": "drop"},
+                  {"proto": "tcp", "port": 23, "action": "pass", "name": "telnet"},
+                  {"proto": "any", "port": " 53 ", "action": "log", "direction": "egress"}],
+        "rate_limit": [{"match": {"proto": "udp"}, "per_source": "2000/s"}]})
+    model, warnings = _policy.validate(raw, "edge.yml")
+    assert warnings == ["edge.yml: filter.ports[1]: never matches: filter.ports[0] (ports[0]) matches every packet "
+                        "it would"]
+    assert model["filter"]["ports"] == [
+        {"id": 16, "name": "ports[0]", "proto": "tcp", "port_low": 20, "port_high": 30, "direction": "ingress",
+         "action": "drop"},
+        {"id": 17, "name": "telnet", "proto": "tcp", "port_low": 23, "port_high": 23, "direction": "ingress",
+         "action": "pass"},
+        {"id": 18, "name": "ports[2]", "proto": "any", "port_low": 53, "port_high": 53, "direction": "egress",
+         "action": "log"}]
+    # burst defaults to one second's worth
+    assert model["filter"]["rate_limit"] == [{"id": 128, "name": "rate_limit[0]", "proto": "udp", "port_low": 0,
+                                              "port_high": 0, "rate": 2000, "burst": 2000}]
+    assert _policy.rule_names(model) == {"0": "default", "1": "deny", "2": "allow", "16": "ports[0]",
+                                         "17": "telnet", "18": "ports[2]", "128": "rate_limit[0]"}
+
+
+def test_a_log_rule_or_another_direction_shadows_nothing():
+    raw = dict(MINIMAL, log={}, filter={"ports": [{"proto": "tcp", "action": "log"},
+                                                  {"proto": "tcp", "port": 22, "action": "drop", "direction": "egress"},
+                                                  {"proto": "tcp", "port": 22, "action": "drop"},
+                                                  {"proto": "udp", "port": 22, "action": "drop"}]})
+    assert _policy.validate(raw, "edge.yml")[1] == []

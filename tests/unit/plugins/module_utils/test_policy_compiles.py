@@ -97,11 +97,12 @@ def _skip_reason():
 
 def shape(raw):
     """What may shape the program of a valid policy: the filter's default and, when logging is
-    on, its directions, fields and whether it samples (list entries live in maps; names, paths,
-    xdp_mode and rotation do not reach the C)."""
+    on, its directions, fields, whether it samples, matches and captures HTTP (list entries live
+    in maps; names, paths, xdp_mode and rotation do not reach the C)."""
     model = _policy.validate(raw, "shape", read_file=read_list_file)[0]
     log = model["log"]
-    logging = [log["directions"], log["fields"], log["sample"] > 1] if log["enabled"] else None
+    logging = [log["directions"], log["fields"], log["sample"] > 1, bool(log["match"]),
+               bool(log["http"])] if log["enabled"] else None
     return json.dumps([model["filter"]["default"], logging])
 
 

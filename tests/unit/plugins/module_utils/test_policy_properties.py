@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _policy
+from ansible_collections.bpfleet.core.plugins.module_utils import _http, _policy
 from ansible_collections.bpfleet.core.plugins.plugin_utils import _render
 
 
@@ -61,7 +61,18 @@ GENERATED_FIELDS = {
     "filter.allow[].cidr", "filter.allow[].comment", "filter.allow[].file", "log", "log.enabled", "log.fields",
     "log.fields[]", "log.directions", "log.directions[]", "log.sample", "log.sink", "log.sink.file",
     "log.sink.max_size", "log.sink.keep",
+    "filter.ports", "filter.ports[]", "filter.ports[].name", "filter.ports[].proto", "filter.ports[].port",
+    "filter.ports[].direction", "filter.ports[].action", "filter.ports[].comment",
+    "filter.rate_limit", "filter.rate_limit[]", "filter.rate_limit[].name", "filter.rate_limit[].match",
+    "filter.rate_limit[].match.proto", "filter.rate_limit[].match.port", "filter.rate_limit[].per_source",
+    "filter.rate_limit[].burst", "filter.rate_limit[].comment",
+    "log.match", "log.match[]", "log.match[].proto", "log.match[].port", "log.match[].src_port",
+    "log.match[].dst_port",
+    "log.http", "log.http.ports", "log.http.ports[]", "log.http.headers", "log.http.headers[]", "log.http.redact",
+    "log.http.redact[]", "log.http.redact_containing", "log.http.redact_containing[]", "log.http.max_bytes",
 }
+# RFC 9110 tchar: what a header name may be made of.
+TOKEN_CHARS = "!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits
 
 names = st.from_regex(NAME_SPEC, fullmatch=True)
 # "." and ".." are left out: Linux refuses them although the schema does not say so.
@@ -141,8 +152,51 @@ def list_layouts(draw, nets):
     return entries
 
 
+port_values = st.one_of(
+    st.integers(1, 65535), st.integers(1, 65535).map(str),
+    st.tuples(st.integers(1, 65535), st.integers(1, 65535)).map(lambda t: "%d-%d" % (min(t), max(t))),
+    st.tuples(st.integers(1, 65535), st.integers(1, 65535)).map(lambda t: " %d - %d " % (min(t), max(t))))
+rule_names = st.from_regex(_policy.RULE_NAME_PATTERN, fullmatch=True).filter(lambda n: n not in _policy.RULE_IDS)
+rates = st.one_of(st.integers(1, _policy.MAX_RATE_PPS), st.integers(1, _policy.MAX_RATE_PPS).map("{}/s".format),
+                  st.integers(1, _policy.MAX_RATE_PPS).map("{} / s".format))
+
+
 @st.composite
-def filters(draw):
+def matches(draw, with_proto_required=False):
+    match = {}
+    proto = draw(st.sampled_from(_policy.PORT_PROTOS))
+    if with_proto_required or draw(st.booleans()):
+        match["proto"] = proto
+    if proto != "icmp" and draw(st.booleans()):
+        match["port"] = draw(port_values)
+    return match
+
+
+@st.composite
+def port_rules(draw, actions):
+    rule = draw(matches(with_proto_required=True))
+    rule["action"] = draw(st.sampled_from(actions))
+    if draw(st.booleans()):
+        rule["direction"] = draw(st.sampled_from(_policy.PORT_DIRECTIONS))
+    if draw(st.booleans()):
+        rule["comment"] = draw(st.text(max_size=20))
+    return rule
+
+
+@st.composite
+def rate_limits(draw):
+    limit = {"per_source": draw(rates)}
+    if draw(st.booleans()):
+        limit["match"] = draw(matches())
+    if draw(st.booleans()):
+        limit["burst"] = draw(st.integers(1, _policy.MAX_BURST))
+    if draw(st.booleans()):
+        limit["comment"] = draw(st.text(max_size=20))
+    return limit
+
+
+@st.composite
+def filters(draw, log_enabled=False):
     nets = draw(st.lists(networks(), max_size=12, unique=True))
     cut = draw(st.integers(0, len(nets)))
     flt = {}
@@ -155,6 +209,17 @@ def filters(draw):
             empty = draw(st.sampled_from(("absent", "null", "list")))
             if empty != "absent":
                 flt[key] = None if empty == "null" else []
+    # `log` port rules need header records, so only a policy that logs gets them.
+    actions = _policy.PORT_ACTIONS if log_enabled else tuple(a for a in _policy.PORT_ACTIONS if a != "log")
+    rules = draw(st.lists(port_rules(actions), max_size=4)) if draw(st.booleans()) else []
+    limits = draw(st.lists(rate_limits(), max_size=3)) if draw(st.booleans()) else []
+    named = draw(st.lists(rule_names, max_size=len(rules) + len(limits), unique=True))
+    for entry, name in zip(draw(st.permutations(rules + limits)), named, strict=False):
+        entry["name"] = name
+    if rules or draw(st.booleans()):
+        flt["ports"] = rules
+    if limits or draw(st.booleans()):
+        flt["rate_limit"] = limits
     return flt
 
 
@@ -191,7 +256,46 @@ def logs(draw):
         if draw(st.booleans()):
             sink["keep"] = draw(st.integers(1, KEEP_MAX))
         log["sink"] = sink
+    if draw(st.booleans()):
+        log["match"] = draw(st.lists(log_match_rules(), max_size=4))
+    if draw(st.booleans()):
+        log["http"] = draw(st.one_of(st.none(), http_settings()))
     return log
+
+
+header_names = st.text(TOKEN_CHARS, min_size=1, max_size=20)
+name_parts = st.text(TOKEN_CHARS, min_size=_http.MIN_SUBSTRING_LENGTH, max_size=_http.MAX_SUBSTRING_LENGTH)
+
+
+@st.composite
+def log_match_rules(draw):
+    """A log.match entry: proto (name or number) and/or ports; ports only with tcp, udp or no proto."""
+    rule = {}
+    proto = draw(st.one_of(st.none(), st.sampled_from(_policy.LOG_MATCH_PROTOS), st.integers(0, 255)))
+    if proto is not None:
+        rule["proto"] = proto
+    if proto in (None, "tcp", "udp", 6, 17):
+        for key in _policy.MATCH_PORT_KEYS:
+            if draw(st.booleans()):
+                rule[key] = draw(port_values)
+    if not rule:
+        rule["proto"] = draw(st.sampled_from(_policy.LOG_MATCH_PROTOS))
+    return rule
+
+
+@st.composite
+def http_settings(draw):
+    http = {}
+    if draw(st.booleans()):
+        http["ports"] = draw(st.lists(st.integers(1, 65535), min_size=1, max_size=_http.MAX_PORTS, unique=True))
+    for key in ("headers", "redact"):
+        if draw(st.booleans()):
+            http[key] = draw(st.lists(header_names, max_size=6, unique_by=str.lower))
+    if draw(st.booleans()):
+        http["redact_containing"] = draw(st.lists(name_parts, max_size=4, unique_by=str.lower))
+    if draw(st.booleans()):
+        http["max_bytes"] = draw(st.integers(_http.MIN_MAX_BYTES, _http.MAX_MAX_BYTES))
+    return http
 
 
 @st.composite
@@ -203,10 +307,12 @@ def valid_policies(draw):
         raw["interfaces"] = draw(st.lists(interface_names, min_size=1, max_size=4, unique=True))
     if draw(st.booleans()):
         raw["xdp_mode"] = draw(st.sampled_from(_policy.XDP_MODES))
-    for key, strategy in (("filter", filters()), ("log", logs())):
-        choice = draw(st.sampled_from(("absent", "null", "mapping", "mapping")))
-        if choice != "absent":
-            raw[key] = None if choice == "null" else draw(strategy)
+    choices = dict((key, draw(st.sampled_from(("absent", "null", "mapping", "mapping")))) for key in ("log", "filter"))
+    if choices["log"] != "absent":
+        raw["log"] = None if choices["log"] == "null" else draw(logs())
+    log_enabled = isinstance(raw.get("log"), dict) and raw["log"].get("enabled", True)
+    if choices["filter"] != "absent":
+        raw["filter"] = None if choices["filter"] == "null" else draw(filters(log_enabled))
     return raw
 
 
@@ -452,6 +558,10 @@ WRONG_VALUES = {
                                      others, poison),
     ("filter", "deny"): not_a_list,
     ("filter", "allow"): not_a_list,
+    ("filter", "ports"): st.one_of(not_a_list, st.lists(st.integers(), min_size=1, max_size=2),
+                                   st.just([{"proto": "tcp", "action": "drop"}] * (_policy.MAX_PORT_RULES + 1))),
+    ("filter", "rate_limit"): st.one_of(not_a_list, st.lists(st.text(max_size=5), min_size=1, max_size=2),
+                                        st.just([{"per_source": 5}] * (_policy.MAX_RATE_LIMITS + 1))),
     ("log",): st.one_of(st.text(max_size=10), others, poison),
     ("log", "enabled"): st.one_of(st.text(max_size=5), st.integers(), st.lists(st.booleans(), max_size=2), poison),
     ("log", "fields"): st.one_of(
@@ -470,10 +580,113 @@ WRONG_VALUES = {
     ("log", "sink", "file"): bad_files,
     ("log", "sink", "max_size"): bad_sizes,
     ("log", "sink", "keep"): bad_keeps,
+    ("log", "match"): st.one_of(not_a_list, st.lists(st.integers(), min_size=1, max_size=2), st.just([{}]),
+                                st.just([{"proto": "tcp"}] * (_policy.MAX_LOG_MATCH_RULES + 1))),
+    ("log", "http"): st.one_of(st.text(max_size=10), others, poison),
+    ("log", "http", "ports"): st.one_of(
+        not_a_list, st.just([]), st.lists(st.one_of(st.integers(max_value=0), st.integers(65536, 10 ** 9), st.text(
+            max_size=5), st.booleans()), min_size=1, max_size=3),
+        st.just(list(range(1, _http.MAX_PORTS + 2)))),
+    ("log", "http", "headers"): st.one_of(
+        not_a_list, st.lists(st.sampled_from(("Content Type", "x:y", "", "caf\u00e9", "a\nb", "(x)")), min_size=1,
+                             max_size=2), st.lists(st.integers(), min_size=1, max_size=2)),
+    ("log", "http", "redact"): st.one_of(
+        not_a_list, st.lists(st.sampled_from(("X Token", "a:b", "", "t\u00f6ken")), min_size=1, max_size=2)),
+    ("log", "http", "redact_containing"): st.one_of(
+        not_a_list, st.lists(st.sampled_from(("ab", "x" * (_http.MAX_SUBSTRING_LENGTH + 1), "a b", "")),
+                             min_size=1, max_size=2)),
+    ("log", "http", "max_bytes"): st.one_of(
+        st.integers(max_value=_http.MIN_MAX_BYTES - 1), st.integers(_http.MAX_MAX_BYTES + 1, 10 ** 9),
+        st.integers(_http.MIN_MAX_BYTES, _http.MAX_MAX_BYTES).map(str), st.booleans(), st.floats(), poison),
 }
 
 MUTATION_KINDS = ("wrong value", "bad interface", "duplicate interface", "all among names", "bad cidr",
-                  "in both lists", "unknown key", "junk", "missing required")
+                  "in both lists", "unknown key", "junk", "missing required", "bad port rule", "bad rate limit",
+                  "bad log match")
+
+bad_ports = st.one_of(
+    st.integers(max_value=0), st.integers(65536, 10 ** 9), st.integers(65536, 99999).map(str),
+    st.tuples(st.integers(2, 65535), st.integers(1, 65534)).filter(lambda t: t[0] > t[1]).map(
+        lambda t: "%d-%d" % t),
+    st.sampled_from(("", "http", "80-", "-80", "1-2-3", "0x50", "80,443", "1e3")), st.booleans(), st.none(),
+    st.floats(), st.lists(st.integers(1, 9), max_size=2), poison)
+bad_rates = st.one_of(
+    st.integers(max_value=0), st.integers(_policy.MAX_RATE_PPS + 1, 10 ** 12),
+    st.integers(_policy.MAX_RATE_PPS + 1, 99999999).map("{}/s".format),
+    st.sampled_from(("0/s", "fast", "100/min", "1e6", "", "/s", "-5/s")), st.booleans(), st.none(), st.floats(),
+    poison)
+bad_bursts = st.one_of(st.integers(max_value=0), st.integers(_policy.MAX_BURST + 1), st.booleans(), st.none(),
+                       st.integers(1, 100).map(str), st.floats(), poison)
+bad_rule_names = st.one_of(
+    st.sampled_from(sorted(_policy.RULE_IDS) + ["Upper", "with space", "-lead", "trail-", "x" * 33, ""]),
+    st.integers(), st.booleans(), st.none(), poison)
+
+
+@st.composite
+def bad_port_rule(draw):
+    """(entry, field of the entry that must be named or None for the entry itself)."""
+    rule = {"proto": "tcp", "port": 80, "action": "drop"}
+    what = draw(st.sampled_from(("port", "icmp port", "proto", "action", "direction", "name", "missing")))
+    if what == "port":
+        rule["port"] = draw(bad_ports)
+    elif what == "icmp port":
+        rule.update(proto="icmp", port=draw(st.integers(1, 65535)))
+        what = "port"
+    elif what == "proto":
+        rule["proto"] = draw(st.one_of(st.text(max_size=6).filter(lambda t: t not in _policy.PORT_PROTOS),
+                                       st.integers(), st.none(), poison))
+    elif what == "action":
+        rule["action"] = draw(st.one_of(st.text(max_size=6).filter(lambda t: t not in _policy.PORT_ACTIONS),
+                                        st.integers(), st.none(), poison))
+    elif what == "direction":
+        rule["direction"] = draw(st.one_of(st.text(max_size=6).filter(lambda t: t not in _policy.PORT_DIRECTIONS),
+                                           st.integers(), poison))
+    elif what == "name":
+        rule["name"] = draw(bad_rule_names)
+    else:
+        del rule[draw(st.sampled_from(("proto", "action")))]
+        what = None
+    return rule, what
+
+
+@st.composite
+def bad_rate_limit(draw):
+    limit = {"per_source": 100, "match": {"proto": "udp", "port": "5000-5010"}}
+    what = draw(st.sampled_from(("per_source", "burst", "match port", "match proto", "icmp port", "missing")))
+    if what == "per_source":
+        limit["per_source"] = draw(bad_rates)
+    elif what == "burst":
+        limit["burst"] = draw(bad_bursts)
+    elif what == "match port":
+        limit["match"]["port"] = draw(bad_ports)
+        what = "match"
+    elif what == "match proto":
+        limit["match"]["proto"] = draw(st.one_of(st.text(max_size=6).filter(lambda t: t not in _policy.PORT_PROTOS),
+                                                 st.integers(), poison))
+        what = "match"
+    elif what == "icmp port":
+        limit["match"] = {"proto": "icmp", "port": 7}
+        what = "match"
+    else:
+        del limit["per_source"]
+        what = None
+    return limit, what
+
+
+@st.composite
+def bad_log_match(draw):
+    """(entry, field of the entry that must be named or None for the entry itself)."""
+    what = draw(st.sampled_from(("port", "src_port", "dst_port", "icmp port", "proto", "empty", "unknown")))
+    if what in _policy.MATCH_PORT_KEYS:
+        return {"proto": "tcp", what: draw(bad_ports)}, what
+    if what == "icmp port":
+        return {"proto": draw(st.sampled_from(("icmp", 1, 47))), "port": draw(st.integers(1, 65535))}, None
+    if what == "proto":
+        return {"proto": draw(st.one_of(st.text(max_size=6).filter(lambda t: t not in _policy.LOG_MATCH_PROTOS),
+                                        st.integers(max_value=-1), st.integers(256), st.none(), poison))}, "proto"
+    if what == "empty":
+        return {}, None
+    return {"proto": "udp", draw(safe_keys.map(lambda k: "zz_" + k)): 1}, None
 
 
 @st.composite
@@ -516,6 +729,19 @@ def mutations(draw, raw):
         path = draw(st.sampled_from([()] + node_paths(raw)))
         junk = draw(st.one_of(poison, st.text(max_size=10), st.none(), st.integers())) if not path else draw(poison)
         return set_at(raw, path, junk), path, kind
+    if kind in ("bad port rule", "bad rate limit"):
+        list_key = "ports" if kind == "bad port rule" else "rate_limit"
+        entry, field = draw(bad_port_rule() if kind == "bad port rule" else bad_rate_limit())
+        flt = raw.get("filter")
+        if isinstance(flt, dict) and isinstance(flt.get(list_key), list):
+            # Keep room under the rule limit, so the problem reported is this entry's.
+            del flt[list_key][_policy.MAX_PORT_RULES - 1 if list_key == "ports" else _policy.MAX_RATE_LIMITS - 1:]
+        where = insert_into(raw, ("filter", list_key), draw, entry)
+        return raw, where + ((field,) if field else ()), kind
+    if kind == "bad log match":
+        entry, what = draw(bad_log_match())
+        where = insert_into(raw, ("log", "match"), draw, entry)
+        return raw, where + ((what,) if what else ()), kind
     key = draw(st.sampled_from(("name", "interfaces")))
     raw.pop(key, None)
     return raw, (key,), kind
@@ -657,6 +883,14 @@ def equivalent_variants(draw, raw):
         sink = log.get("sink") or {}
         if "max_size" in sink:
             sink["max_size"] = draw(size_spellings(sink["max_size"]))
+        if log.get("match"):
+            rnd.shuffle(log["match"])
+        http = log.get("http") or {}
+        for key in ("ports", "headers", "redact", "redact_containing"):
+            if http.get(key):
+                rnd.shuffle(http[key])
+                if key != "ports":
+                    http[key] = [rnd.choice((name.upper(), name.lower(), name)) for name in http[key]]
     return reorder_keys(variant, rnd), duplicated
 
 
@@ -792,8 +1026,15 @@ FULL = {
     "name": "edge", "interfaces": ["eth0"], "xdp_mode": "auto",
     "filter": {"default": "allow", "deny": [{"cidr": "203.0.113.0/24", "comment": "c"},
                                             {"file": list_file("192.0.2.0/24 # test\n")}],
-               "allow": ["198.51.100.7/32"]},
+               "allow": ["198.51.100.7/32"],
+               "ports": [{"name": "telnet", "proto": "tcp", "port": 23, "direction": "ingress", "action": "drop",
+                          "comment": "c"}],
+               "rate_limit": [{"name": "web", "match": {"proto": "tcp", "port": "80-81"}, "per_source": "100/s",
+                               "burst": 200, "comment": "c"}]},
     "log": {"enabled": True, "fields": ["src_ip"], "directions": ["ingress"], "sample": "1/1",
+            "match": [{"proto": "tcp", "port": 80, "src_port": "1024-65535", "dst_port": 80}],
+            "http": {"ports": [80], "headers": ["host"], "redact": ["x-session"], "redact_containing": ["auth"],
+                     "max_bytes": 512},
             "sink": {"file": "/x", "max_size": "1M", "keep": 3}},
 }
 POISON_SAMPLES = (1.5, float("nan"), float("inf"), [1.5], {"zz_junk": 1}, [{"zz_junk": 1}])
