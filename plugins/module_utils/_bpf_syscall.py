@@ -140,6 +140,8 @@ _MAP_INFO_SIZE = 88                                     # sizeof(struct bpf_map_
 _PROG_INFO_HEAD = struct.Struct("=II8s")                # type, id, tag
 _PROG_INFO_NAME_OFFSET = 64
 _PROG_INFO_RUN_TIME_OFFSET = 192                        # run_time_ns, run_cnt (u64 each), since 5.1
+_PROG_INFO_XLATED_LEN_OFFSET = 20                       # xlated_prog_len (bytes, 8 per instruction)
+_PROG_INFO_VERIFIED_OFFSET = 216                        # verified_insns, since 5.16
 _PROG_INFO_SIZE = 232                                   # sizeof(struct bpf_prog_info) in 6.x
 _U64_PAIR = struct.Struct("=QQ")
 
@@ -319,7 +321,8 @@ def map_info(fd):
 
 
 def prog_info(fd):
-    """Type, id, tag (16 hex digits, as bpftool shows it) and name of a program fd.
+    """Type, id, tag (16 hex digits, as bpftool shows it), name, instruction count and
+    verified instruction count of a program fd.
 
     ``run_time_ns`` and ``run_cnt`` are present when the kernel reports them; they
     only count while BPF statistics are enabled (sysctl kernel.bpf_stats_enabled).
@@ -334,6 +337,10 @@ def prog_info(fd):
     }
     if filled >= _PROG_INFO_RUN_TIME_OFFSET + _U64_PAIR.size:
         info["run_time_ns"], info["run_cnt"] = _U64_PAIR.unpack_from(raw, _PROG_INFO_RUN_TIME_OFFSET)
+    # Instructions after the verifier's rewrites, and how many it processed to accept the program.
+    info["xlated_insns"] = struct.unpack_from("=I", raw, _PROG_INFO_XLATED_LEN_OFFSET)[0] // 8
+    if filled >= _PROG_INFO_VERIFIED_OFFSET + 4:
+        info["verified_insns"] = struct.unpack_from("=I", raw, _PROG_INFO_VERIFIED_OFFSET)[0]
     return info
 
 
