@@ -284,7 +284,8 @@ def test_a_request_is_captured_blanked_and_cut_at_the_headers(kernel):
 
 def test_a_request_larger_than_max_bytes_is_cut_and_marked(kernel):
     loaded = kernel["ht-small"]
-    payload = b"POST /upload HTTP/1.1\r\nHost: web\r\nX-Pad: " + b"p" * 300 + b"\r\nAuthorization: Basic B-s3cr3t\r\n\r\n"
+    payload = (b"POST /upload HTTP/1.1\r\nHost: web\r\nX-Pad: " + b"p" * 300 +
+               b"\r\nAuthorization: Basic B-s3cr3t\r\n\r\n")
     raw, record = one_record(loaded, "prog_tc_egress", request_frame(payload))
     assert record["payload_len"] == 256
     assert record["flags"] == _records.PAYLOAD_REDACTED | _records.PAYLOAD_TRUNCATED | _records.PAYLOAD_CUT
