@@ -20,11 +20,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import re
-
-try:
-    from urllib.parse import unquote_to_bytes
-except ImportError:  # pragma: no cover - Python 2 is not supported, but sanity imports this
-    unquote_to_bytes = None
+from urllib.parse import unquote_to_bytes
 
 REDACTED = "[REDACTED]"
 
@@ -289,7 +285,7 @@ def _redact_target(target, rules):
 
 
 def _percent_decoded(name):
-    if unquote_to_bytes is None or b"%" not in name and b"+" not in name:
+    if b"%" not in name and b"+" not in name:
         return name
     return unquote_to_bytes(name.replace(b"+", b" "))
 

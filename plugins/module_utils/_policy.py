@@ -904,9 +904,9 @@ def _validate_http(col, raw, match_rules):
                     col.error(entry_path, "%r is not part of a header name: letters, digits and "
                               "!#$%%&'*+-.^_`|~ only" % (part,))
                 elif not _http.MIN_SUBSTRING_LENGTH <= len(part) <= _http.MAX_SUBSTRING_LENGTH:
+                    limits = (_http.MIN_SUBSTRING_LENGTH, _http.MAX_SUBSTRING_LENGTH)
                     col.error(entry_path, "%r has %d characters; %d to %d are allowed (a shorter part would blank "
-                              "half of all headers)" % (part, len(part), _http.MIN_SUBSTRING_LENGTH,
-                                                          _http.MAX_SUBSTRING_LENGTH))
+                              "half of all headers)" % ((part, len(part)) + limits))
                 elif part.lower() in chosen:
                     col.warn(entry_path, "%s is listed twice" % part)
                 else:

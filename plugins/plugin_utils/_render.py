@@ -95,9 +95,9 @@ def kernel_http(model):
         mask, value = _http.kernel_tail_pattern(part)
         tails.append({"text": part.decode("latin-1"), "mask": "0x%x" % mask, "value": "0x%x" % value})
     transitions = []
-    for (state, cls), (target, actions) in sorted(_http.SCANNER_TRANSITIONS.items(),
-                                                   key=lambda item: (_http.SCAN_STATES.index(item[0][0]),
-                                                                     _http.SCAN_CLASSES.index(item[0][1]))):
+    order = [(state, cls) for state in _http.SCAN_STATES for cls in _http.SCAN_CLASSES]
+    for state, cls in order:
+        target, actions = _http.SCANNER_TRANSITIONS[(state, cls)]
         if target != state or actions:
             transitions.append({"state": state, "class": cls, "next": target,
                                 "actions": [name for name, bit in _http.SCAN_ACTIONS if actions & bit]})
