@@ -531,16 +531,18 @@ def _sorted_networks(pairs):
     return [str(network) for network in networks]
 
 
+def _number_match(pattern, value):
+    """Match a whole number given as an int or as text (a bool is neither); None otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
+    if isinstance(value, int):
+        return pattern.fullmatch(str(value)) if value >= 0 else None
+    return pattern.fullmatch(value)
+
+
 def _parse_port(col, path, value):
     """(low, high) from 23, "23" or "6000-6100"; None after reporting the problem."""
-    if isinstance(value, bool):
-        match = None
-    elif isinstance(value, int):
-        match = _PORT_RE.fullmatch(str(value)) if value >= 0 else None
-    elif isinstance(value, str):
-        match = _PORT_RE.fullmatch(value)
-    else:
-        match = None
+    match = _number_match(_PORT_RE, value)
     if not match:
         col.error(path, "must be a port (1-65535) or a range such as 6000-6100, got %r" % (value,))
         return None
@@ -652,14 +654,7 @@ def _validate_ports(col, raw, taken):
 
 
 def _parse_rate(col, path, value):
-    if isinstance(value, bool):
-        match = None
-    elif isinstance(value, int):
-        match = _RATE_RE.fullmatch(str(value)) if value >= 0 else None
-    elif isinstance(value, str):
-        match = _RATE_RE.fullmatch(value)
-    else:
-        match = None
+    match = _number_match(_RATE_RE, value)
     if not match:
         col.error(path, "must be packets per second such as 2000/s or 2000, got %r" % (value,))
         return None

@@ -80,7 +80,7 @@ def interface_counters(fleet: str, host: str) -> dict:
     """rx/tx packets and drops of eth0 inside a host, from its /proc/net/dev."""
     text = lab("exec", "--name", fleet, "--host", host, "--", "cat", "/proc/net/dev").stdout
     for line in text.splitlines():
-        name, _, values = line.partition(":")
+        name, _sep, values = line.partition(":")
         if name.strip() == "eth0":
             fields = [int(v) for v in values.split()]
             return {"rx_packets": fields[1], "rx_dropped": fields[3], "tx_packets": fields[9]}

@@ -247,7 +247,7 @@ def test_rate_limit_holds_the_configured_rate_within_ten_percent(fleet):
     lab = fleet
     h1, h2, h3 = (lab.hosts[h] for h in ("h1", "h2", "h3"))
     limit = POLICY["filter"]["rate_limit"][0]
-    rate, burst = int(limit["per_source"].split("/")[0]), limit["burst"]
+    rate, burst = int(limit["per_source"].split("/", maxsplit=1)[0]), limit["burst"]
     time.sleep(burst / rate + 0.2)     # an earlier test may have used the bucket: let it fill
     counters = InputCounters(lab, "h1")
     try:
