@@ -51,11 +51,12 @@ SMALL = {"name": "ht-small", "interfaces": ["eth0"], "filter": {"deny": ["198.51
 LARGE = {"name": "ht-large", "interfaces": ["eth0"],
          "log": {"http": {"ports": [80], "redact": ["x-session"], "max_bytes": _http.MAX_MAX_BYTES}}}
 DEFAULT = {"name": "ht-default", "interfaces": ["eth0"], "log": {"http": {}}}
+MIDDLE = {"name": "ht-1024", "interfaces": ["eth0"], "log": {"http": {"max_bytes": 1024}}}
 PLAIN = {"name": "ht-plain", "interfaces": ["eth0"], "log": {}}
 MATCHED = {"name": "ht-match", "interfaces": ["eth0"], "filter": {"deny": ["198.51.100.0/24"]},
            "log": {"match": [{"proto": "tcp", "port": 80}, {"proto": "udp", "dst_port": "5000-5010"}]}}
 SAMPLED = {"name": "ht-sample", "interfaces": ["eth0"], "log": {"sample": "1/4"}}
-POLICIES = (SMALL, LARGE, DEFAULT, PLAIN, MATCHED, SAMPLED)
+POLICIES = (SMALL, LARGE, DEFAULT, MIDDLE, PLAIN, MATCHED, SAMPLED)
 
 HELPER = r"""
 import json, os, sys, traceback
@@ -399,7 +400,7 @@ def _ns_per_packet(loaded, pin, data, repeat=2000, rounds=5):
 def test_cost_of_capture_and_verification(kernel, record_property):
     """Figures for docs/logging-http.md: verifier instructions per max_bytes, ns per packet."""
     figures = {}
-    for name in ("ht-small", "ht-default", "ht-large", "ht-plain"):
+    for name in ("ht-small", "ht-default", "ht-1024", "ht-large", "ht-plain"):
         info = kernel[name].info["prog_tc_egress"]
         figures["verified_insns %s (max_bytes %s)" % (name, (kernel[name].model["log"]["http"] or {}).get(
             "max_bytes", "-"))] = info.get("verified_insns")
