@@ -130,8 +130,12 @@ SCAN_CLASSES = ("OTHER", "LF", "CR", "SPACE", "TAB", "COLON", "QUESTION", "AMPER
 CLASS_OF_BYTE = {ord("\n"): "LF", ord("\r"): "CR", ord(" "): "SPACE", ord("\t"): "TAB", ord(":"): "COLON",
                  ord("?"): "QUESTION", ord("&"): "AMPERSAND", ord("="): "EQUALS"}
 # Actions, in the order the kernel applies them to a byte.
-SCAN_ACTIONS = (("RESET", 1), ("FEED", 2), ("DECIDE", 4), ("BLANK", 8))
-RESET, FEED, DECIDE, BLANK = (value for _name, value in SCAN_ACTIONS)
+SCAN_ACTIONS = (("RESET", 1), ("FEED", 2), ("DECIDE", 4), ("BLANK", 8), ("REQUEST_END", 16))
+RESET, FEED, DECIDE, BLANK, REQUEST_END = (value for _name, value in SCAN_ACTIONS)
+REQUEST_LINE_STATES = ("METHOD", "TARGET", "QUERY_NAME", "QUERY_VALUE", "QUERY_SECRET", "VERSION")
+# The request line must end with this (and a digit) to be captured: a segment that merely
+# starts with a method word is not a request.
+VERSION_PREFIX = b" HTTP/1."
 SCAN_WIDTH = 16                     # classes per state in the tables (a power of two)
 _STATE = dict((name, index) for index, name in enumerate(SCAN_STATES))
 _CLASS = dict((name, index) for index, name in enumerate(SCAN_CLASSES))
@@ -145,8 +149,9 @@ def _scanner_transitions():
         for cls in SCAN_CLASSES:
             table[(state, cls)] = (state, 0)
         lf, cr = line_breaks.get(state, ("LINE", "LINE_CR"))
-        table[(state, "LF")] = (lf, 0)
-        table[(state, "CR")] = (cr, 0)
+        ends = REQUEST_END if state in REQUEST_LINE_STATES else 0
+        table[(state, "LF")] = (lf, ends)
+        table[(state, "CR")] = (cr, ends)
     # The request line: METHOD SP target SP version; '?' opens the query, '&' separates
     # parameters, '=' ends a parameter name: its value is blanked when the name is sensitive
     # (DECIDE adds 1 to QUERY_VALUE, giving QUERY_SECRET).
@@ -206,7 +211,9 @@ def scanner_tables():
 
 def scan_like_the_kernel(payload, rules):
     """What the kernel scanner hands over for a captured payload: (bytes with sensitive values
-    blanked with '*', the length up to the end of the headers or None when not seen).
+    blanked with '*', the length up to the end of the headers or None when not seen), or None
+    when the kernel does not take it for a request (a request line that ends without
+    " HTTP/1.x": the record then carries no payload).
 
     A byte-for-byte model of http_scan() in bpf/include/bpfleet_http.h with the rules of
     ``rules`` (RedactionRules), for the tests: exact names by their FNV-1a hash, substrings
@@ -219,6 +226,7 @@ def scan_like_the_kernel(payload, rules):
     out = bytearray(payload)
     state = _STATE["METHOD"]
     name_hash, tail, hit = FNV_OFFSET, 0, 0
+    request_end, end = 0, None
     for index, byte in enumerate(bytearray(payload)):
         slot = state * SCAN_WIDTH + classes[byte]
         target, action = next_states[slot], actions[slot]
@@ -233,10 +241,16 @@ def scan_like_the_kernel(payload, rules):
             target += 1 if hit or name_hash >> 1 in name_hashes else 0
         if action & BLANK:
             out[index] = ord("*")
+        if action & REQUEST_END:
+            request_end = index
         state = target
         if state == done:
-            return bytes(out[:index + 1]), index + 1
-    return bytes(out), None
+            end = index + 1
+            break
+    if request_end and (request_end < len(VERSION_PREFIX) + 1 or
+                        bytes(out[request_end - 9:request_end - 1]) != VERSION_PREFIX):
+        return None
+    return (bytes(out[:end]), end) if end is not None else (bytes(out), None)
 
 
 def kernel_name_table(names):

@@ -683,8 +683,14 @@ enum http_class {
 #define HTTP_FEED 2
 #define HTTP_DECIDE 4
 #define HTTP_BLANK 8
+#define HTTP_REQUEST_END 16
 
 #define HTTP_DOES(action, which) (((action) / (which)) & 1)
+/* Eight bytes as one little-endian word, for comparing a method or a version at once. */
+#define HTTP_WORD(a, b, c, d, e, f, g, h)                                                     \
+    ((u64)(a) | (u64)(b) << 8 | (u64)(c) << 16 | (u64)(d) << 24 | (u64)(e) << 32 |           \
+     (u64)(f) << 40 | (u64)(g) << 48 | (u64)(h) << 56)
+#define HTTP_FIRST_BYTES(n) ((1ULL << (8 * (n))) - 1)
 
 #define HTTP_NAME_SLOT_BITS 4
 #define HTTP_NAME_MULTIPLIER 0x3c6ef372fe94f82bULL
@@ -778,17 +784,23 @@ static __always_inline void http_tables_fill(struct http_tables *tables)
         }
     }
     tables->next_state[HTTP_METHOD * HTTP_SCAN_WIDTH + HTTP_CLASS_LF] = HTTP_LINE;
+    tables->action[HTTP_METHOD * HTTP_SCAN_WIDTH + HTTP_CLASS_LF] = HTTP_REQUEST_END;
     tables->next_state[HTTP_METHOD * HTTP_SCAN_WIDTH + HTTP_CLASS_CR] = HTTP_LINE_CR;
+    tables->action[HTTP_METHOD * HTTP_SCAN_WIDTH + HTTP_CLASS_CR] = HTTP_REQUEST_END;
     tables->next_state[HTTP_METHOD * HTTP_SCAN_WIDTH + HTTP_CLASS_SPACE] = HTTP_TARGET;
     tables->next_state[HTTP_TARGET * HTTP_SCAN_WIDTH + HTTP_CLASS_LF] = HTTP_LINE;
+    tables->action[HTTP_TARGET * HTTP_SCAN_WIDTH + HTTP_CLASS_LF] = HTTP_REQUEST_END;
     tables->next_state[HTTP_TARGET * HTTP_SCAN_WIDTH + HTTP_CLASS_CR] = HTTP_LINE_CR;
+    tables->action[HTTP_TARGET * HTTP_SCAN_WIDTH + HTTP_CLASS_CR] = HTTP_REQUEST_END;
     tables->next_state[HTTP_TARGET * HTTP_SCAN_WIDTH + HTTP_CLASS_SPACE] = HTTP_VERSION;
     tables->next_state[HTTP_TARGET * HTTP_SCAN_WIDTH + HTTP_CLASS_QUESTION] = HTTP_QUERY_NAME;
     tables->action[HTTP_TARGET * HTTP_SCAN_WIDTH + HTTP_CLASS_QUESTION] = HTTP_RESET;
     tables->next_state[HTTP_QUERY_NAME * HTTP_SCAN_WIDTH + HTTP_CLASS_OTHER] = HTTP_QUERY_NAME;
     tables->action[HTTP_QUERY_NAME * HTTP_SCAN_WIDTH + HTTP_CLASS_OTHER] = HTTP_FEED;
     tables->next_state[HTTP_QUERY_NAME * HTTP_SCAN_WIDTH + HTTP_CLASS_LF] = HTTP_LINE;
+    tables->action[HTTP_QUERY_NAME * HTTP_SCAN_WIDTH + HTTP_CLASS_LF] = HTTP_REQUEST_END;
     tables->next_state[HTTP_QUERY_NAME * HTTP_SCAN_WIDTH + HTTP_CLASS_CR] = HTTP_LINE_CR;
+    tables->action[HTTP_QUERY_NAME * HTTP_SCAN_WIDTH + HTTP_CLASS_CR] = HTTP_REQUEST_END;
     tables->next_state[HTTP_QUERY_NAME * HTTP_SCAN_WIDTH + HTTP_CLASS_SPACE] = HTTP_VERSION;
     tables->next_state[HTTP_QUERY_NAME * HTTP_SCAN_WIDTH + HTTP_CLASS_COLON] = HTTP_QUERY_NAME;
     tables->action[HTTP_QUERY_NAME * HTTP_SCAN_WIDTH + HTTP_CLASS_COLON] = HTTP_FEED;
@@ -799,14 +811,18 @@ static __always_inline void http_tables_fill(struct http_tables *tables)
     tables->next_state[HTTP_QUERY_NAME * HTTP_SCAN_WIDTH + HTTP_CLASS_EQUALS] = HTTP_QUERY_VALUE;
     tables->action[HTTP_QUERY_NAME * HTTP_SCAN_WIDTH + HTTP_CLASS_EQUALS] = HTTP_DECIDE;
     tables->next_state[HTTP_QUERY_VALUE * HTTP_SCAN_WIDTH + HTTP_CLASS_LF] = HTTP_LINE;
+    tables->action[HTTP_QUERY_VALUE * HTTP_SCAN_WIDTH + HTTP_CLASS_LF] = HTTP_REQUEST_END;
     tables->next_state[HTTP_QUERY_VALUE * HTTP_SCAN_WIDTH + HTTP_CLASS_CR] = HTTP_LINE_CR;
+    tables->action[HTTP_QUERY_VALUE * HTTP_SCAN_WIDTH + HTTP_CLASS_CR] = HTTP_REQUEST_END;
     tables->next_state[HTTP_QUERY_VALUE * HTTP_SCAN_WIDTH + HTTP_CLASS_SPACE] = HTTP_VERSION;
     tables->next_state[HTTP_QUERY_VALUE * HTTP_SCAN_WIDTH + HTTP_CLASS_AMPERSAND] = HTTP_QUERY_NAME;
     tables->action[HTTP_QUERY_VALUE * HTTP_SCAN_WIDTH + HTTP_CLASS_AMPERSAND] = HTTP_RESET;
     tables->next_state[HTTP_QUERY_SECRET * HTTP_SCAN_WIDTH + HTTP_CLASS_OTHER] = HTTP_QUERY_SECRET;
     tables->action[HTTP_QUERY_SECRET * HTTP_SCAN_WIDTH + HTTP_CLASS_OTHER] = HTTP_BLANK;
     tables->next_state[HTTP_QUERY_SECRET * HTTP_SCAN_WIDTH + HTTP_CLASS_LF] = HTTP_LINE;
+    tables->action[HTTP_QUERY_SECRET * HTTP_SCAN_WIDTH + HTTP_CLASS_LF] = HTTP_REQUEST_END;
     tables->next_state[HTTP_QUERY_SECRET * HTTP_SCAN_WIDTH + HTTP_CLASS_CR] = HTTP_LINE_CR;
+    tables->action[HTTP_QUERY_SECRET * HTTP_SCAN_WIDTH + HTTP_CLASS_CR] = HTTP_REQUEST_END;
     tables->next_state[HTTP_QUERY_SECRET * HTTP_SCAN_WIDTH + HTTP_CLASS_SPACE] = HTTP_VERSION;
     tables->next_state[HTTP_QUERY_SECRET * HTTP_SCAN_WIDTH + HTTP_CLASS_TAB] = HTTP_QUERY_SECRET;
     tables->action[HTTP_QUERY_SECRET * HTTP_SCAN_WIDTH + HTTP_CLASS_TAB] = HTTP_BLANK;
@@ -819,7 +835,9 @@ static __always_inline void http_tables_fill(struct http_tables *tables)
     tables->next_state[HTTP_QUERY_SECRET * HTTP_SCAN_WIDTH + HTTP_CLASS_EQUALS] = HTTP_QUERY_SECRET;
     tables->action[HTTP_QUERY_SECRET * HTTP_SCAN_WIDTH + HTTP_CLASS_EQUALS] = HTTP_BLANK;
     tables->next_state[HTTP_VERSION * HTTP_SCAN_WIDTH + HTTP_CLASS_LF] = HTTP_LINE;
+    tables->action[HTTP_VERSION * HTTP_SCAN_WIDTH + HTTP_CLASS_LF] = HTTP_REQUEST_END;
     tables->next_state[HTTP_VERSION * HTTP_SCAN_WIDTH + HTTP_CLASS_CR] = HTTP_LINE_CR;
+    tables->action[HTTP_VERSION * HTTP_SCAN_WIDTH + HTTP_CLASS_CR] = HTTP_REQUEST_END;
     tables->next_state[HTTP_LINE * HTTP_SCAN_WIDTH + HTTP_CLASS_OTHER] = HTTP_NAME;
     tables->action[HTTP_LINE * HTTP_SCAN_WIDTH + HTTP_CLASS_OTHER] = HTTP_RESET | HTTP_FEED;
     tables->next_state[HTTP_LINE * HTTP_SCAN_WIDTH + HTTP_CLASS_LF] = HTTP_DONE;
@@ -955,11 +973,11 @@ static __always_inline void http_tables_fill(struct http_tables *tables)
 
 /* Blanks the sensitive values of a captured request in place; returns how many bytes go to
  * user space: up to the blank line that ends the headers (the body stays here), or all of
- * them when it is not among the captured bytes (0 is never returned for length > 0). */
+ * them when it is not among the captured bytes; 0 when the payload is not a request. */
 static __always_inline u64 http_scan(struct http_capture *cap, u64 length, u8 *flags)
 {
     struct http_tables *tables = &cap->tables;
-    u64 state = HTTP_METHOD, name_hash = HTTP_NAME_HASH_SEED, name_tail = 0, name_hit = 0;
+    u64 state = HTTP_METHOD, name_hash = HTTP_NAME_HASH_SEED, name_tail = 0, name_hit = 0, request_end = 0;
 
     /* Each iteration's exit narrows what the verifier knows of `length` (length <= i); a copy
      * read back from memory after the loop carries none of that, so the code after the loop
@@ -998,7 +1016,20 @@ static __always_inline u64 http_scan(struct http_capture *cap, u64 length, u8 *f
         next += decide & (name_hit | http_hash_is_sensitive(tables, name_hash));
 
         cap->payload[i] = http_select(blank, HTTP_FILLER, byte);
+        request_end = http_select(HTTP_DOES(action, HTTP_REQUEST_END), i, request_end);
         state = next;
+    }
+
+    /* A segment that merely starts with a method word (the rest of a header split across
+     * segments, say) is no request: its first line must end with " HTTP/1.x". A request line
+     * cut by the capture is taken on trust; the agent checks it again. */
+    if (request_end) {
+        if (request_end < sizeof(u64) + 1 || request_end > HTTP_MAX_BYTES)
+            return 0;
+        u64 version;
+        __builtin_memcpy(&version, cap->payload + request_end - sizeof(u64) - 1, sizeof(u64));
+        if (version != HTTP_WORD(' ', 'H', 'T', 'T', 'P', '/', '1', '.'))
+            return 0;
     }
 
     *flags = PAYLOAD_REDACTED;
@@ -1011,10 +1042,6 @@ static __always_inline u64 http_scan(struct http_capture *cap, u64 length, u8 *f
 }
 
 /* The first bytes of a TCP payload (little endian) start with a request method and a space. */
-#define HTTP_WORD(a, b, c, d, e, f, g, h)                                                     \
-    ((u64)(a) | (u64)(b) << 8 | (u64)(c) << 16 | (u64)(d) << 24 | (u64)(e) << 32 |           \
-     (u64)(f) << 40 | (u64)(g) << 48 | (u64)(h) << 56)
-#define HTTP_FIRST_BYTES(n) ((1ULL << (8 * (n))) - 1)
 
 static __always_inline int http_is_request_start(u64 head)
 {
@@ -1078,7 +1105,7 @@ static __always_inline int emit_http_record(struct __sk_buff *skb, struct packet
 
     u8 flags;
     u64 size = http_opaque(http_scan(cap, length, &flags));
-    if (size > HTTP_MAX_BYTES)
+    if (size == 0 || size > HTTP_MAX_BYTES)
         return 0;
     if (available > HTTP_MAX_BYTES)
         flags |= PAYLOAD_CUT;

@@ -229,7 +229,10 @@ def expected_capture(model, payload):
     http = model["log"]["http"]
     captured = payload[:http["max_bytes"]]
     rules = _http.RedactionRules(http["redact"], http["redact_containing"])
-    scanned, end = _http.scan_like_the_kernel(captured, rules)
+    kernel = _http.scan_like_the_kernel(captured, rules)
+    if kernel is None:
+        return b"", 0
+    scanned, end = kernel
     flags = _records.PAYLOAD_REDACTED
     if end is None:
         flags |= _records.PAYLOAD_TRUNCATED
@@ -317,6 +320,8 @@ def test_the_padding_of_a_short_frame_is_not_payload(kernel):
     pytest.param(request_frame(REQUEST, dport=81), id="other-port"),
     pytest.param(frame(struct.pack("!HHHH", 40000, 80, 8 + len(REQUEST), 0) + REQUEST, proto=17), id="udp"),
     pytest.param(request_frame(b"GET /"), id="shorter-than-a-method"),
+    pytest.param(request_frame(b"GET ZXhh-rest-of-a-split-token\r\nX: y\r\n\r\n"), id="method-word-only"),
+    pytest.param(request_frame(b"GET / HTTP/2.0\r\n\r\n"), id="not-http1"),
 ])
 def test_other_packets_get_the_plain_record(kernel, data):
     raw, record = one_record(kernel["ht-small"], "prog_tc_egress", data)

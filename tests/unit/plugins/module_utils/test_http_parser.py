@@ -157,6 +157,15 @@ def test_every_state_and_class_has_a_transition():
             assert states[states.index(target) + 1] == {"VALUE": "SECRET", "QUERY_VALUE": "QUERY_SECRET"}[target]
 
 
+@pytest.mark.parametrize("payload", [
+    b"GET ZXhh-rest-of-a-token\r\nX: y\r\n\r\n",        # a value split just before "GET "
+    b"POST / HTTP/2.0\r\n\r\n", b"GET /\r\n\r\n", b"GET\r\n",
+])
+def test_kernel_model_refuses_a_first_line_that_is_no_request_line(payload):
+    assert _http.scan_like_the_kernel(payload, _http.RedactionRules()) is None
+    assert parse(payload) is None
+
+
 def test_kernel_model_blanks_values_and_stops_at_the_blank_line():
     payload = (b"GET /p?a=1&client_secret=s3cr3t&b=2 HTTP/1.1\r\nHost: h\r\nCookie: s3cr3t\r\n"
                b"X-Trace: t\r\n\r\nbody with s3cr3t")
@@ -245,7 +254,9 @@ def test_no_secret_leaves_the_parser_or_the_kernel_model(request, cut, capture_c
     payload, hidden = request
     # The capture may end inside the request (max_bytes, or the segment ended).
     captured = payload[:max(0, len(payload) - cut)] if capture_cut else payload
-    scanned, end = _http.scan_like_the_kernel(captured, _http.RedactionRules(("x-session",)))
+    kernel = _http.scan_like_the_kernel(captured, _http.RedactionRules(("x-session",)))
+    assert kernel is not None, "a request the kernel did not take for one"
+    scanned, end = kernel
     direct = parse(captured, end is None, redact=("X-Session",))
     from_kernel = parse(scanned, end is None, redact=("X-Session",))
     for secret in hidden:
@@ -273,13 +284,18 @@ def test_the_parser_never_raises_and_the_kernel_model_agrees(payload, truncated)
         line = json.dumps(result, ensure_ascii=True)
         assert "\n" not in line and "\r" not in line
         assert all(isinstance(key, str) and isinstance(value, str) for key, value in result["headers"].items())
-    scanned, end = _http.scan_like_the_kernel(payload, RULES)
+    parser = _http.RequestParser(headers=("host", "x"), redact=("x-session", "x-custom-key"),
+                                 redact_containing=("sig", "auth"))
+    kernel = _http.scan_like_the_kernel(payload, RULES)
+    if kernel is None:
+        # The kernel refuses a first line without " HTTP/1.x" at its end; so does the agent.
+        assert parser(payload, True) is None and parser(payload, False) is None
+        return
+    scanned, end = kernel
     assert len(scanned) == (end if end is not None else len(payload))
     # Only value bytes change, and only to '*': no line break is ever added or removed.
     for before, after in zip(payload, scanned, strict=False):
         assert after == before or (after == ord("*") and before not in b"\r\n")
-    parser = _http.RequestParser(headers=("host", "x"), redact=("x-session", "x-custom-key"),
-                                 redact_containing=("sig", "auth"))
     assert parser(scanned, end is None) == parser(payload, end is None)
 
 
