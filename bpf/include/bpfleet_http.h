@@ -4,7 +4,7 @@
 #}
 /* HTTP/1.x request capture for the tc loggers (log.http in the policy; docs/logging-http.md).
  *
- * A TCP segment to one of the policy's HTTP ports whose payload starts with a request method
+ * A TCP segment to one of the policy's HTTP ports whose payload starts with a request line
  * is copied, up to HTTP_MAX_BYTES, into a per-CPU scratch record behind the usual header
  * record. The copy is scanned and the value of every sensitive header and query parameter
  * is overwritten with HTTP_FILLER before the record goes to the ring buffer: a bearer token
@@ -222,7 +222,6 @@ static __always_inline u64 http_scan(struct http_capture *cap, u64 length, u8 *f
 }
 
 /* The first bytes of a TCP payload (little endian) start with a request method and a space. */
-
 static __always_inline int http_is_request_start(u64 head)
 {
     u64 four = head & HTTP_FIRST_BYTES(4), five = head & HTTP_FIRST_BYTES(5);
