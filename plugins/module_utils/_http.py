@@ -63,7 +63,7 @@ _LINE_BREAKS = re.compile(br"\r\n|\r|\n")
 
 def is_token(name):
     """True for a valid RFC 9110 field name (a token)."""
-    return isinstance(name, str) and bool(_TOKEN_RE.match(name))
+    return isinstance(name, str) and bool(_TOKEN_RE.fullmatch(name))
 
 
 def normalize_name(name):

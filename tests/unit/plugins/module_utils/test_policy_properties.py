@@ -1068,6 +1068,9 @@ MINIMAL = {"name": "edge", "interfaces": ["eth0"]}
     pytest.param({"log": {"sample": "1/" + "9" * 4301}}, "log.sample", id="sample-too-many-digits"),
     pytest.param({"log": {"sink": {"file": "/var/log/a\x00b.jsonl"}}}, "log.sink.file", id="sink-file-with-nul"),
     pytest.param({"log": {"sink": {"max_size": "9" * 5000}}}, "log.sink.max_size", id="size-too-many-digits"),
+    pytest.param({"log": {"http": {"headers": ["host\n"]}}}, "log.http.headers[0]", id="header-trailing-newline"),
+    pytest.param({"log": {"http": {"redact_containing": ["tok\n"]}}}, "log.http.redact_containing[0]",
+                 id="part-trailing-newline"),
 ])
 def test_former_gaps_are_refused(change, path):
     with pytest.raises(_policy.PolicyError) as caught:
