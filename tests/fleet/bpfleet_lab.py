@@ -57,9 +57,11 @@ REQUIRED_TOOLS = {
 EXTRA_TOOL_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 
 # Mount points on the shared filesystem that each host covers with its own directory.
-# /var/lib itself stays shared: dpkg's database lives there.
+# /var/lib itself stays shared: dpkg's database lives there. /usr/lib/bpfleet (the agent's
+# code) is per host so that two checkouts testing at once never run each other's agent.
 PER_HOST_BIND_MOUNTS = {
     "log": "/var/log",
+    "usr-lib-bpfleet": "/usr/lib/bpfleet",
     "lib-bpfleet": "/var/lib/bpfleet",
     "etc-bpfleet": "/etc/bpfleet",
     "ssh": "/etc/ssh",
