@@ -37,6 +37,8 @@ PYENV_ROOT="${PYENV_ROOT:-$HOME/.pyenv}"
 #   nftables iputils-ping      tests count what passed a filter with nft counters; ICMP rules
 #   chromium                   the fleet report test opens the HTML in headless Chromium
 #   debootstrap systemd-container  the systemd Molecule scenario boots hosts with systemd-nspawn
+#   prometheus-node-exporter logrotate  the agent's textfile metrics and SIGHUP reopen are tested with them
+#   iptables ipset xdp-tools nginx wrk  the benchmarks' baselines and the HTTP load test (tests/bench)
 APT_PACKAGES=(
   python3-bpfcc bpfcc-tools linux-headers-amd64
   openssh-server openssh-client netcat-openbsd
@@ -45,6 +47,8 @@ APT_PACKAGES=(
   curl rsync git
   shellcheck
   nftables iputils-ping chromium debootstrap systemd-container
+  prometheus-node-exporter logrotate
+  iptables ipset xdp-tools nginx wrk
 )
 
 STEP=0

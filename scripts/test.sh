@@ -16,7 +16,7 @@
 #   unit         pytest tests/unit -q                     (no tests collected = failure)
 #   integration  pytest tests/fleet tests/integration -m integration -q
 #                (missing directories are skipped; no tests collected = skipped)
-#   molecule     molecule test -s default                 (extensions/molecule/default)
+#   molecule     molecule test -s S for each scenario S in MOLECULE_SCENARIOS below
 #
 # Ends with a table of stages (PASS/FAIL/SKIP, seconds) and the line
 # "stages: N passed, M failed, K skipped".
@@ -184,21 +184,34 @@ stage_integration() {
   return $rc
 }
 
+# Molecule scenarios run in this order; each one brings up and destroys its own fleet.
+#   BPFLEET_MOLECULE_SCENARIOS="default" bash scripts/test.sh    # a subset
+MOLECULE_SCENARIOS=(default)
 stage_molecule() {
-  local scenario=extensions/molecule/default
-  if [[ ! -f $scenario/molecule.yml ]]; then
-    NOTE="no $scenario/molecule.yml"
-    printf '%s\n' \
-      "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!" \
-      "!! SKIPPED: molecule: $scenario/molecule.yml does not exist yet." \
-      "!!          No Molecule scenario was run." \
-      "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
-    return 3
+  local scenarios=() s failed=0
+  read -r -a scenarios <<<"${BPFLEET_MOLECULE_SCENARIOS:-${MOLECULE_SCENARIOS[*]}}"
+  if [[ ! -f extensions/molecule/default/molecule.yml ]]; then
+    NOTE="no extensions/molecule/default/molecule.yml"
+    echo "FAIL: $NOTE: there must be a Molecule scenario"
+    return 1
   fi
   molecule --version
-  # Molecule 26 finds scenarios of a collection under extensions/molecule/ when run from
-  # the collection root (the directory with galaxy.yml).
-  molecule test -s default
+  for s in "${scenarios[@]}"; do
+    if [[ ! -f extensions/molecule/$s/molecule.yml ]]; then
+      echo "FAIL: no Molecule scenario extensions/molecule/$s"
+      failed=1
+      continue
+    fi
+    printf -- '-- molecule scenario %s\n' "$s"
+    # Molecule 26 finds scenarios of a collection under extensions/molecule/ when run from
+    # the collection root (the directory with galaxy.yml).
+    if ! molecule test -s "$s"; then
+      echo "FAIL: molecule scenario $s"
+      failed=1
+    fi
+  done
+  NOTE="scenarios: ${scenarios[*]}"
+  return $failed
 }
 
 declare -A DESCRIPTIONS=(
@@ -208,7 +221,7 @@ declare -A DESCRIPTIONS=(
   [host]="bpfleet.core.host role on this machine (BCC, kernel headers)"
   [unit]="pytest tests/unit -q"
   [integration]="pytest tests/fleet tests/integration -m integration -q"
-  [molecule]="molecule test -s default (extensions/molecule)"
+  [molecule]="molecule test, each scenario of extensions/molecule in turn"
 )
 
 for s in "${ALL_STAGES[@]}"; do
