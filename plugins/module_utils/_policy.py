@@ -743,12 +743,16 @@ def _validate_filter(col, raw):
     _warn_limited(col, "filter.deny", deny_redundant)
     _warn_limited(col, "filter.allow", allow_redundant)
     _warn_limited(col, "filter.deny", _shadowed_denies((deny_v4, deny_v6), (allow_v4, allow_v6)))
-    both = sorted([(4, value) for value in set(deny_v4).intersection(allow_v4)]
-                  + [(6, value) for value in set(deny_v6).intersection(allow_v6)])
+    # The allow lists are the short ones: build the sets from them, scan the deny lists.
+    both = sorted([(4, value) for value in set(allow_v4).intersection(deny_v4)]
+                  + [(6, value) for value in set(allow_v6).intersection(deny_v6)])
     for network in sorted(_prefixes.to_text(value, version) for version, value in both):
         col.error("filter", "%s is in both filter.deny and filter.allow" % network)
     if default == "deny" and not (allow_v4 or allow_v6):
         col.warn("filter.default", "default deny with an empty allow list drops all IP traffic")
+    # The parsed ints travel beside the model (Model.list_values) so rendering need not parse
+    # a million texts again.
+    result["_values"] = {"deny_v4": deny_v4, "deny_v6": deny_v6, "allow_v4": allow_v4, "allow_v6": allow_v6}
     result["deny_v4"] = _prefixes.texts(deny_v4, 4)
     result["deny_v6"] = _prefixes.texts(deny_v6, 6)
     result["allow_v4"] = _prefixes.texts(allow_v4, 4)
@@ -1060,14 +1064,16 @@ def validate(raw, source=None, read_file=None):
 
     if col.errors:
         raise PolicyError(col.errors)
-    model = {
+    list_values = filter_model.pop("_values", None)
+    model = Model({
         "schema": SCHEMA_VERSION,
         "name": name,
         "interfaces": sorted(interfaces),
         "xdp_mode": xdp_mode,
         "filter": filter_model,
         "log": log_model,
-    }
+    })
+    model.list_values = list_values
     return model, col.warnings
 
 
@@ -1091,6 +1097,29 @@ def rule_details(model=None):
     for limit in flt.get("rate_limit") or []:
         rules.append({"id": limit["id"], "name": limit["name"], "kind": "rate_limit", "action": "rate_limited"})
     return rules
+
+
+class Model(dict):
+    """A validated policy (plain JSON data) that also carries its lists as parsed prefix ints."""
+
+    list_values = None
+
+
+LIST_FAMILIES = (("deny_v4", 4, "deny"), ("deny_v6", 6, "deny"), ("allow_v4", 4, "allow"), ("allow_v6", 6, "allow"))
+
+
+def list_values(model):
+    """{map name: (family, sorted prefix ints, rule id)} of a model; parses the texts only when the
+    model did not come straight from validate() (for example after a JSON round trip)."""
+    cached = getattr(model, "list_values", None)
+    found = {}
+    for name, version, kind in LIST_FAMILIES:
+        if cached is not None:
+            values = cached[name]
+        else:
+            values = sorted(_prefixes.parse(text)[1] for text in model["filter"][name])
+        found[name] = (version, values, RULE_IDS[kind])
+    return found
 
 
 def map_contents(model):
