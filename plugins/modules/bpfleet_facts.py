@@ -74,7 +74,8 @@ ansible_facts:
             - Per policy name, C(policy) (name, digests, applied_at), C(attachments) (iface, hook, mode, prog_id,
               tag, expected_prog_id, ok), C(drift) (list of problems, empty when healthy), C(healthy),
               C(counters) (packets_seen, passed, dropped, records_emitted, records_lost, rules per rule name with
-              packets and bytes) and C(log) (path, records_written, bytes_written, records_lost, last_record_time).
+              packets and bytes), C(log) (path, records_written, bytes_written, records_lost, last_record_time) and
+              C(live_edits) (per list map, how many entries M(bpfleet.core.blocklist) added and removed).
           type: dict
 """
 
