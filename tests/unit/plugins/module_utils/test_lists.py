@@ -220,3 +220,12 @@ def test_blocklist_entries_are_validated_with_paths():
 
     _v4, _v6, errors = _blocklist.parse_entries(None, "missing.txt", missing)
     assert errors[0].startswith("file: cannot read list file missing.txt")
+
+
+def test_write_order_never_opens_a_gap_for_the_lists():
+    deltas = {"deny_v4": (keys("10.0.0.0/8"), keys("11.0.0.0/8")),
+              "allow_v4": (keys("12.0.0.1/32"), keys("13.0.0.1/32")),
+              "deny_v6": ([], []), "allow_v6": ([], [])}
+    steps = [(name, bool(upsert), bool(remove)) for name, upsert, remove in _maps.write_order(deltas)]
+    assert steps == [("allow_v4", True, False), ("deny_v4", False, True), ("deny_v4", True, False),
+                     ("allow_v4", False, True)]
