@@ -15,6 +15,7 @@ import socket
 import time
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _attach as attach
+from ansible_collections.bpfleet.core.plugins.module_utils import _history as history
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 from ansible_collections.bpfleet.core.plugins.module_utils import _maps as maps
 
@@ -175,6 +176,7 @@ def gather(runner, only=None):
             "healthy": not drift,
             "counters": counters,
             "log": log,
+            "history": history.summary(name),
         }
     return {
         "kernel": kernel_status(),
