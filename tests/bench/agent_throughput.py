@@ -149,7 +149,15 @@ def inner(options):
     agent_command = [HOST_PYTHON, AGENT, "run", "--state-dir", state_dir, "--pin-root", pin_root,
                      "--run-dir", run_dir, "--agent-log", os.path.join(out, "agent.log")]
     agent_command += options.agent_arg
-    agent = subprocess.Popen(agent_command)
+    environment = dict(os.environ)
+    if options.failpoint:
+        environment["BPFLEET_AGENT_FAILPOINT"] = options.failpoint
+
+    def start_agent():
+        return subprocess.Popen(agent_command, env=environment)
+
+    agent = start_agent()
+    restarts = 0
     status_path = os.path.join(run_dir, "agent-status.json")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -171,8 +179,15 @@ def inner(options):
     start = time.monotonic()
     end = start + options.seconds
     emitted_calls = 0
+    next_kill = start + options.kill_every if options.kill_every else None
     while True:
         now = time.monotonic()
+        if next_kill is not None and now >= next_kill and now < end:
+            agent.kill()                    # SIGKILL under load
+            next_kill = now + options.kill_every
+        if agent.poll() is not None:
+            restarts += 1
+            agent = start_agent()
         if now >= end:
             due = int(rate * options.seconds) - emitted_calls
         else:
@@ -185,7 +200,7 @@ def inner(options):
             break
         time.sleep(0.001)
     generated_in = time.monotonic() - start
-    cpu_generation = cpu_seconds(agent.pid) - cpu_start
+    cpu_generation = cpu_seconds(agent.pid) - cpu_start if not restarts else None
     gen_cpu = time.process_time() - gen_cpu_start
 
     def kernel_counts():
@@ -198,10 +213,21 @@ def inner(options):
 
     emitted, lost_kernel = kernel_counts()
     # Let the agent catch up, then stop it (it drains what is queued on SIGTERM).
+    # (After a restart the status counts only the last worker: wait for an empty ring then.)
     deadline = time.monotonic() + options.drain_timeout
     while time.monotonic() < deadline:
+        if agent.poll() is not None:
+            restarts += 1
+            environment.pop("BPFLEET_AGENT_FAILPOINT", None)
+            agent = start_agent()
         policy = ((read_json(status_path) or {}).get("policies") or {}).get(POLICY) or {}
-        if policy.get("records_written", 0) + policy.get("records_lost_user", 0) >= emitted:
+        if restarts:
+            with bpf.open_pinned(os.path.join(maps_dir, "events")) as events_fd:
+                import _ringbuf
+                with _ringbuf.RingBuffer(events_fd) as ring:
+                    if ring.available_bytes() == 0:
+                        break
+        elif policy.get("records_written", 0) + policy.get("records_lost_user", 0) >= emitted:
             break
         time.sleep(0.2)
     drained_in = time.monotonic() - start
@@ -223,7 +249,9 @@ def inner(options):
         "unaccounted": emitted - written - lost_agent,
         "runs_minus_emitted_minus_lost_kernel": emitted_calls - emitted - lost_kernel,
         "records_per_s_written": round(written / generated_in),
-        "agent_cpu_percent_of_one_core": round(100.0 * cpu_generation / generated_in, 1),
+        "agent_cpu_percent_of_one_core": (round(100.0 * cpu_generation / generated_in, 1)
+                                          if cpu_generation is not None else None),
+        "agent_restarts": restarts,
         "generator_cpu_percent": round(100.0 * gen_cpu / generated_in, 1),
         "bytes_written": policy.get("bytes_written"),
         "fields": fields,
@@ -231,8 +259,11 @@ def inner(options):
         "loadavg_before": [round(value, 2) for value in load_before],
         "loadavg_after": [round(value, 2) for value in os.getloadavg()],
     }
-    if options.verify:
+    if options.verify or restarts:
         result.update(verify(record_file, emitted_calls))
+        # With restarts the status counts only the last worker: the files are the truth.
+        result["written"] = result["verify_distinct"]
+        result["unaccounted"] = emitted - result["verify_lines"] - lost_agent
     print(json.dumps(result), flush=True)
     return 0
 
@@ -270,6 +301,10 @@ def parse_arguments(argv):
     parser.add_argument("--drain-timeout", type=float, default=30.0,
                         help="seconds to wait for the agent to catch up after generation (%(default)s)")
     parser.add_argument("--verify", action="store_true", help="read the output back: each record once")
+    parser.add_argument("--kill-every", type=float, default=0.0,
+                        help="SIGKILL the agent every this many seconds of generation and restart it")
+    parser.add_argument("--failpoint", default=None,
+                        help="BPFLEET_AGENT_FAILPOINT for the agents started during generation, e.g. after-write:3")
     parser.add_argument("--agent-arg", action="append", default=[], help="extra agent option (repeatable)")
     parser.add_argument("--json", action="store_true", help="one line of JSON instead of indented")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)

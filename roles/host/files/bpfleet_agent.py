@@ -804,8 +804,9 @@ class Agent(object):
             size_before = sink.current_size()
             policy.cursor.begin(policy.ring.map_id, start, end, sink.identity, size_before, size_before + len(data))
             failpoints.hit("after-cursor")
-            if failpoints.name == "mid-write" and failpoints.remaining == 1:
-                sink.write(data[:len(data) // 2])
+            if failpoints.name == "mid-write":
+                if failpoints.remaining == 1:
+                    sink.write(data[:len(data) // 2])
                 failpoints.hit("mid-write")
             sink.write(data)
             failpoints.hit("after-write")
