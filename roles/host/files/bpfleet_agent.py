@@ -155,7 +155,9 @@ class LogSink(object):
         while view:
             written = os.write(self.fd, view)
             view = view[written:]
-        self.size += len(data)
+        # With O_APPEND the offset after a write is the file's end: the true size even when
+        # logrotate's copytruncate emptied the file under us.
+        self.size = os.lseek(self.fd, 0, os.SEEK_CUR)
         if self.max_size and self.size >= self.max_size:
             self.rotate()
 
