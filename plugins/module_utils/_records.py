@@ -428,16 +428,17 @@ class LineEncoder(object):
                         base = second * 1000000000 - boot_to_realtime_ns
                         prefix = '{"ts":"' + time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
                         nanoseconds = ts_boot - base
-                    key = (ifindex_bytes, flow)
-                    fragments = get_fragments(key)
-                    if fragments is None:
+                    # Keyed by the flow bytes alone (no tuple to build and hash); the
+                    # interface is checked, as the same flow on two interfaces is rare.
+                    fragments = get_fragments(flow)
+                    if fragments is None or fragments[0] != ifindex_bytes:
                         if len(templates) >= TEMPLATE_CACHE_LIMIT:
                             templates.clear()
-                        fragments = templates[key] = build(ifindex_bytes, flow)
+                        fragments = templates[flow] = (ifindex_bytes,) + build(ifindex_bytes, flow)
                     if with_len:
-                        append(f"{prefix}{nanoseconds:09d}{fragments[0]}{pkt_len}{fragments[1]}")
+                        append(f"{prefix}{nanoseconds:09d}{fragments[1]}{pkt_len}{fragments[2]}")
                     else:
-                        append(f"{prefix}{nanoseconds:09d}{fragments[0]}")
+                        append(f"{prefix}{nanoseconds:09d}{fragments[1]}")
                 walked = len(lines) - before
                 offset += walked * _SLOT_SIZE
                 if walked == slots:

@@ -102,11 +102,12 @@ def template_record():
                        0, 0, 1)
 
 
-def cpu_seconds(pid):
+def cpu_seconds(pid, which=(11, 12)):
+    """utime + stime of a process (which=(11,) user only, (12,) system only)."""
     with open("/proc/%d/stat" % pid) as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return sum(int(fields[index]) for index in which) / ticks
 
 
 def read_json(path):
@@ -175,6 +176,7 @@ def inner(options):
     rate = options.rate
     load_before = os.getloadavg()
     cpu_start = cpu_seconds(agent.pid)
+    system_start = cpu_seconds(agent.pid, (12,))
     gen_cpu_start = time.process_time()
     start = time.monotonic()
     end = start + options.seconds
@@ -201,6 +203,7 @@ def inner(options):
         time.sleep(0.001)
     generated_in = time.monotonic() - start
     cpu_generation = cpu_seconds(agent.pid) - cpu_start if not restarts else None
+    system_generation = cpu_seconds(agent.pid, (12,)) - system_start if not restarts else None
     gen_cpu = time.process_time() - gen_cpu_start
 
     def kernel_counts():
@@ -251,6 +254,8 @@ def inner(options):
         "records_per_s_written": round(written / generated_in),
         "agent_cpu_percent_of_one_core": (round(100.0 * cpu_generation / generated_in, 1)
                                           if cpu_generation is not None else None),
+        "agent_system_cpu_percent": (round(100.0 * system_generation / generated_in, 1)
+                                     if system_generation is not None else None),
         "agent_restarts": restarts,
         "generator_cpu_percent": round(100.0 * gen_cpu / generated_in, 1),
         "bytes_written": policy.get("bytes_written"),
