@@ -232,6 +232,8 @@ def write_text_atomically(path, text):
     temporary = "%s.tmp.%d" % (path, os.getpid())
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
+        # Readable by node_exporter's own user whatever the agent's umask (0027).
+        os.fchmod(fd, 0o644)
         os.write(fd, text.encode("utf-8"))
     finally:
         os.close(fd)
