@@ -160,7 +160,7 @@ def run_all(smoke: bool) -> dict:
     v4 = deny_list(size, DENIED_V4)
     v6 = v6_list(size) + [DENIED_V6 + "/128"]
     rings = {}
-    for variant, name in names.items():
+    for name in names.values():
         fill_lists(fds[name]["maps"], v4, v6)
         if "events" in fds[name]["maps"]:
             rings[name] = _ringbuf.RingBuffer(fds[name]["maps"]["events"])

@@ -81,6 +81,13 @@ def prepare(fleet: Fleet) -> dict:
     return {"napi_tid": tid}
 
 
+def ensure_link(fleet: Fleet) -> dict:
+    """prepare() once per fleet (the agent and HTTP sections use the same link)."""
+    if not getattr(fleet, "bench_link", None):
+        fleet.bench_link = prepare(fleet)
+    return fleet.bench_link
+
+
 def napi_threads() -> set:
     found = set()
     for comm in Path("/proc").glob("[0-9]*/comm"):
@@ -300,7 +307,7 @@ FILTERS = (NoFilter, Bpfleet, Nftables, Ipset, Iptables, XdpFilter)
 
 def run_all(fleet: Fleet, workdir: Path, smoke: bool, repeats: int, seconds: float, deadline: float,
             only: list | None = None) -> dict:
-    setup = prepare(fleet)
+    setup = ensure_link(fleet)
     sizes = SMOKE_SIZES if smoke else FULL_SIZES
     results = {"setup": setup, "runs": [], "loads": [], "skipped": [],
                "versions": versions(fleet)}
