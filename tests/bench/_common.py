@@ -6,6 +6,7 @@ inside their namespaces, playbooks over real SSH. Nothing is simulated.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -89,15 +90,13 @@ def machine() -> dict:
 
 # --- deny lists ------------------------------------------------------------------------------
 
-def deny_list(size: int, denied: str) -> list[str]:
-    """`size` disjoint IPv4 prefixes (a quarter /24, a quarter /28, half /32) ending with denied/32.
+MAX_LIST = 1000000
 
-    Deterministic (fixed seed), drawn from 1.0.0.0-126.255.255.255 so they never touch the lab
-    ranges; every filter gets the same list. The denied source comes last: worst case for a
-    linear rule list, no difference for the others.
-    """
+
+@functools.lru_cache(maxsize=1)
+def _all_prefixes() -> tuple:
     rng = random.Random(7)
-    blocks = rng.sample(range(0x010000, 0x7F0000), size - 1)
+    blocks = rng.sample(range(0x010000, 0x7F0000), MAX_LIST - 1)
     prefixes = []
     for index, block in enumerate(blocks):
         base = block << 8
@@ -108,8 +107,20 @@ def deny_list(size: int, denied: str) -> list[str]:
             prefixes.append((base + (rng.randrange(16) << 4), 28))
         else:
             prefixes.append((base + rng.randrange(1, 255), 32))
-    text = [f"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}/{p}" for a, p in prefixes]
-    return text + [f"{denied}/32"]
+    return tuple(f"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}/{p}" for a, p in prefixes)
+
+
+def deny_list(size: int, denied: str) -> list[str]:
+    """`size` disjoint IPv4 prefixes (a quarter /24, a quarter /28, half /32) ending with denied/32.
+
+    Deterministic (fixed seed), drawn from 1.0.0.0-126.255.255.255 so they never touch the lab
+    ranges; every filter gets the same list, and a longer list contains every shorter one (so
+    growing a list is only additions). The denied source comes last: worst case for a linear
+    rule list, no difference for the others.
+    """
+    if not 1 <= size <= MAX_LIST:
+        raise ValueError(f"list size {size} not within 1..{MAX_LIST}")
+    return list(_all_prefixes()[:size - 1]) + [f"{denied}/32"]
 
 
 # --- lab fleets ------------------------------------------------------------------------------

@@ -64,3 +64,8 @@ def test_targets_compare_with_nftables_and_no_filter():
     tables = report.tables(RESULTS)
     assert "| bpfleet | 4,000,000 (4,000,000) | 3,000,000 (3,000,000) |" in tables
     assert "| bpfleet | n/a | 12.5 |" in tables
+
+
+def test_a_longer_list_contains_every_shorter_one():
+    short, long = deny_list(100, "192.0.2.66"), deny_list(1000, "192.0.2.66")
+    assert set(short[:-1]) < set(long[:-1])
