@@ -86,6 +86,15 @@ options:
     type: str
     choices: [keep, discard]
     default: keep
+  confirm_timeout:
+    description:
+      - Commit-confirmed. When the run changes the host, the host starts a timer of this many seconds and restores
+        the last good policy by itself unless M(bpfleet.core.policy_confirm) runs before it expires. The timer runs on
+        the host (a detached process, no systemd needed), so it works when this change cut the controller off.
+      - V(0) (the default) applies without a timer. A run that changes nothing starts no timer.
+      - A later change of the same policy without O(confirm_timeout) confirms a pending one.
+    type: int
+    default: 0
   rendered:
     description:
       - Internal. Set by the action plugin from O(src) or O(policy); do not set it yourself.
@@ -97,6 +106,8 @@ requirements:
 seealso:
   - module: bpfleet.core.bpfleet_facts
   - module: bpfleet.core.blocklist
+  - module: bpfleet.core.policy_rollback
+  - module: bpfleet.core.policy_confirm
 """
 
 EXAMPLES = r"""
@@ -125,6 +136,11 @@ EXAMPLES = r"""
   bpfleet.core.policy:
     src: policies/edge-web.yml
     live_edits: discard
+
+- name: Apply with commit-confirmed; the host rolls back by itself unless confirmed within 120 s
+  bpfleet.core.policy:
+    src: policies/edge-web.yml
+    confirm_timeout: 120
 
 - name: Remove the policy
   bpfleet.core.policy:
@@ -180,6 +196,14 @@ attachments:
   returned: when O(state=present) and not in check mode
   type: dict
   sample: {"eth0": "native"}
+history:
+  description:
+    - The last good version kept for rollback (C(good), digests or null), the pending confirmation
+      (C(pending), with its deadline, or null) and the last few rollback and confirm events.
+  returned: when O(state=present) and not in check mode
+  type: dict
+  sample: {"good": {"source_digest": "sha256:2ae0...", "maps_digest": "sha256:14dd..."},
+           "pending": {"deadline": "2026-12-04T15:20:00Z", "timeout_s": 120}, "events": []}
 source:
   description: The rendered C source.
   returned: when O(state=rendered)
@@ -199,6 +223,7 @@ from ansible.module_utils.common.respawn import has_respawned, probe_interpreter
 from ansible_collections.bpfleet.core.plugins.module_utils import (
     _apply,
     _bcc_backend,
+    _history,
     _live_edits,
     _lockout,
     _maps,
@@ -278,6 +303,17 @@ def _guard_lockout(module, rendered):
     return {"controller": str(address), "dropped": dropped, "reason": reason}
 
 
+def _confirm(module, rendered):
+    """Arm the commit-confirmed timer, or confirm a pending change by this new one."""
+    timeout = module.params["confirm_timeout"]
+    if not timeout:
+        if _history.clear_pending(rendered["name"]):
+            _history.record_event(rendered["name"], "confirm", reason="superseded by a change without confirm_timeout")
+        return
+    compile_fn = _bcc_backend.compile_and_pin if _bcc_backend.HAS_BCC else None
+    _history.arm_confirm(rendered["name"], timeout, rendered["source_digest"], compile_fn)
+
+
 def _present(module, runner, rendered):
     lockout = _guard_lockout(module, rendered)
     host = _apply.PolicyHost(runner, rendered, force=module.params["force"],
@@ -297,10 +333,16 @@ def _present(module, runner, rendered):
     if plan.changed and not module.check_mode:
         if plan.compile:
             _ensure_bcc(module)
+        _history.before_apply(host)
         document = host.apply(plan, _bcc_backend.compile_and_pin)
         result["attachments"] = document.get("attach_modes", {})
+        _history.after_apply(rendered["name"], rendered)
+        _confirm(module, rendered)
     elif not module.check_mode:
         result["attachments"] = (host.state or {}).get("attach_modes", {})
+        _history.after_apply(rendered["name"], rendered)
+    if not module.check_mode:
+        result["history"] = _history.summary(rendered["name"])
     result["commands"] = runner.commands
     return result
 
@@ -315,6 +357,7 @@ def main():
             force=dict(type="bool", default=False),
             allow_lockout=dict(type="bool", default=False),
             live_edits=dict(type="str", default="keep", choices=["keep", "discard"]),
+            confirm_timeout=dict(type="int", default=0),
             rendered=dict(type="dict"),
         ),
         supports_check_mode=True,
@@ -327,11 +370,17 @@ def main():
         module.fail_json(msg="no rendered policy: call bpfleet.core.policy with src or policy (the action plugin "
                              "renders it); the module cannot be used without its action plugin")
     if rendered and "lists" in rendered:
+        # The module echoes its arguments back (invocation): strip the packed megabytes there,
+        # but keep them in the copy this run applies and records as the last good policy.
+        echoed_lists = rendered["lists"]
+        rendered = dict(rendered, lists=dict((name, dict(packed)) for name, packed in echoed_lists.items()))
         try:
             rendered["_unpacked_lists"] = _packing.unpack_lists(rendered["lists"])
         except _packing.PackingError as exc:
             module.fail_json(msg="the rendered policy's lists are damaged: %s" % exc)
-        _packing.strip_data(rendered["lists"])
+        _packing.strip_data(echoed_lists)
+    if module.params["confirm_timeout"] and module.params["confirm_timeout"] < _history.MIN_CONFIRM_TIMEOUT:
+        module.fail_json(msg="confirm_timeout must be 0 (off) or at least %d seconds" % _history.MIN_CONFIRM_TIMEOUT)
     runner = CommandRunner(module)
     try:
         if state == "absent":
