@@ -180,13 +180,23 @@ def _pin_good(name, pins):
             os.unlink(os.path.join(pin_dir, entry))
 
 
+def _applied_id(rendered):
+    return "%s %s\n" % (rendered["source_digest"], rendered["maps_digest"])
+
+
 def after_apply(name, rendered):
-    """Record the rendered policy now applied (the C source is in program.c already)."""
+    """Record the rendered policy now applied (the C source is in program.c already).
+
+    applied.json holds every list entry (it can be tens of MB): a small id file next to it
+    saves reading it back on every unchanged run.
+    """
+    id_file = applied_file(name) + ".id"
+    if paths.read_text(id_file) == _applied_id(rendered) and os.path.exists(applied_file(name)):
+        return
     document = dict(rendered)
     document.pop("source", None)
-    current = paths.read_json(applied_file(name))
-    if current != document:
-        _write_json(applied_file(name), document)
+    _write_json(applied_file(name), document)
+    paths.write_atomic(id_file, _applied_id(rendered), mode=0o600)
 
 
 def clear_pending(name):
