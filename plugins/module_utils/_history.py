@@ -195,6 +195,9 @@ def after_apply(name, rendered):
         return
     document = dict(rendered)
     document.pop("source", None)
+    # Decoded lists are objects for this run only; the packed transfer form stays, so a
+    # rollback re-applies exactly these lists.
+    document.pop("_unpacked_lists", None)
     _write_json(applied_file(name), document)
     paths.write_atomic(id_file, _applied_id(rendered), mode=0o600)
 
