@@ -15,7 +15,9 @@ import socket
 import time
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _attach as attach
+from ansible_collections.bpfleet.core.plugins.module_utils import _history as history
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
+from ansible_collections.bpfleet.core.plugins.module_utils import _live_edits as live_edits
 from ansible_collections.bpfleet.core.plugins.module_utils import _maps as maps
 
 # The agent rewrites its status about once a second; older than this means it is stuck.
@@ -191,6 +193,9 @@ def gather(runner, only=None):
             "healthy": not drift,
             "counters": counters,
             "log": log,
+            # From the record the blocklist module keeps: a file read, no map walk.
+            "live_edits": live_edits.counts(name),
+            "history": history.summary(name),
         }
     return {
         "kernel": kernel_status(),

@@ -1,0 +1,103 @@
+"""Fleet operations: rollout time vs host count, no-change re-run, one address added to a 100k list.
+
+A lab fleet of 20 hosts (smoke: 2). The policy is the lab's edge policy (XDP filter on eth0,
+every field logged both ways to the agent) with a deny list of 100,000 prefixes kept in its
+own file. Each operation is one `ansible-playbook` run over SSH (forks 20) of the play an
+operator would run (scripts/demo.sh and playbooks/demo.yml do the same): the
+bpfleet.core.host role, then bpfleet.core.policy. Timed: the whole ansible-playbook run.
+Compiles: hosts whose policy task reported `compiled: true`.
+
+Before the timed steps, the host role runs once on every host (its first run installs the
+agent; timed on its own), and before each rollout step the policy is removed from the hosts
+of the previous step, so every step is a first rollout of the policy to that many hosts.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+from _common import TAG, Fleet, deny_list, log
+
+FULL_COUNTS = [1, 3, 10, 20]
+SMOKE_COUNTS = [1]
+LIST_SIZE, SMOKE_LIST_SIZE = 100000, 1000
+EXTRA_ADDRESS = "198.18.0.1/32"   # RFC 2544 benchmarking range: in no generated list
+
+
+def write_policy(workdir: Path, prefixes: list[str]) -> Path:
+    (workdir / "deny.txt").write_text("\n".join(prefixes) + "\n")
+    policy = {"name": "bench-fleet", "interfaces": ["eth0"], "xdp_mode": "auto",
+              "filter": {"default": "allow", "deny": ["198.51.100.0/24", {"file": "deny.txt"}]},
+              "log": {"fields": ["action", "rule", "src_mac", "dst_mac", "vlan", "ip_ver", "src_ip", "dst_ip", "ttl",
+                                 "len", "proto", "src_port", "dst_port", "tcp_flags"],
+                      "directions": ["ingress", "egress"], "sink": {"file": "/var/log/bpfleet/headers.jsonl"}}}
+    path = workdir / "bench-fleet.yml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
+
+
+def rollout_play(policy: Path, role: bool = True) -> list:
+    tasks = []
+    if role:
+        tasks.append({"name": "host role", "ansible.builtin.include_role": {"name": "bpfleet.core.host"}})
+    tasks.append({"name": "policy", "bpfleet.core.policy": {"src": str(policy)}, "register": "bench_policy"})
+    return [{"name": "rollout", "hosts": "all", "tasks": tasks}]
+
+
+def step(fleet: Fleet, operation: str, hosts: list[str], play: list) -> dict:
+    outcome = fleet.playbook(play, limit=",".join(hosts))
+    policy_results = []
+    for results in outcome["results"].values():
+        policy_results += [r for r in results if isinstance(r, dict) and "compiled" in r]
+    row = {"operation": operation, "hosts": len(hosts), "seconds": outcome["seconds"],
+           "compiles": sum(1 for r in policy_results if r.get("compiled")),
+           "changed": sum(1 for r in policy_results if r.get("changed"))}
+    log(f"  {operation:45} {len(hosts):>3} hosts {row['seconds']:7.1f} s  compiles {row['compiles']}  "
+        f"changed {row['changed']}")
+    return row
+
+
+def run_all(workdir: Path, smoke: bool, deadline: float) -> dict:
+    counts = SMOKE_COUNTS if smoke else FULL_COUNTS
+    size = SMOKE_LIST_SIZE if smoke else LIST_SIZE
+    fleet = Fleet(f"{TAG}bfleet", max(counts), workdir / "fleet20")
+    rows = []
+    try:
+        log(f"  fleet of {fleet.count} hosts up in {fleet.up_seconds:.1f} s")
+        prefixes = deny_list(size, "198.51.100.66")
+        policy = write_policy(fleet.workdir, prefixes)
+        if not smoke:
+            prepared = fleet.playbook([{"name": "prepare", "hosts": "all", "tasks": [
+                {"name": "host role", "ansible.builtin.include_role": {"name": "bpfleet.core.host"}}]}])
+            rows.append({"operation": "host role alone, first run", "hosts": fleet.count,
+                         "seconds": prepared["seconds"], "compiles": 0, "changed": "-"})
+            log(f"  host role on {fleet.count} hosts: {prepared['seconds']:.1f} s")
+        previous: list[str] = []
+        remove = [{"name": "off", "hosts": "all", "tasks": [
+            {"name": "policy absent", "bpfleet.core.policy": {"name": "bench-fleet", "state": "absent"}}]}]
+        for count in counts:
+            if time.monotonic() > deadline:
+                log(f"  skip rollout to {count}: out of time budget")
+                rows.append({"operation": "rollout (skipped: time budget)", "hosts": count, "seconds": None,
+                             "compiles": "-", "changed": "-"})
+                continue
+            if previous:
+                fleet.playbook(remove, limit=",".join(previous))
+            hosts = fleet.hosts[:count]
+            rows.append(step(fleet, f"rollout, {len(prefixes):,}-prefix deny list", hosts, rollout_play(policy)))
+            previous = hosts
+        everyone = previous
+        if not smoke:
+            rows.append(step(fleet, "re-run, no change (role + policy)", everyone, rollout_play(policy)))
+        rows.append(step(fleet, "re-run, no change (policy task only)", everyone, rollout_play(policy, role=False)))
+        policy = write_policy(fleet.workdir, prefixes + [EXTRA_ADDRESS])
+        rows.append(step(fleet, "add one address (policy list edit, policy task)", everyone,
+                         rollout_play(policy, role=False)))
+    finally:
+        fleet.down()
+    return {"rows": rows, "list_size": len(prefixes) + 1,
+            "method": f"ansible-playbook over SSH, forks 20, lab fleet of {fleet.count} hosts on this machine; "
+                      f"policy: XDP filter with a {len(prefixes) + 1:,}-prefix deny list (a list file) and "
+                      "full L3/L4 logging both ways."}
