@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 from _common import (
+    COLLECTIONS,
+    HERE,
     BenchError,
     Fleet,
     blast,
@@ -250,17 +252,16 @@ class XdpFilter:
         dump = self.fleet.exec("h2", "bpftool", "-j", "map", "dump", "pinned", self.MAP).stdout
         value = yaml.safe_load(dump)[0]["values"][0]["value"]
         if isinstance(value, list):  # bpftool -j without BTF: the bytes as hex strings
-            value_bytes = " ".join(str(int(b, 16)) for b in value)
+            value_hex = "".join("%02x" % int(b, 16) for b in value)
         else:
-            value_bytes = " ".join(str(b) for b in int(value).to_bytes(8, "little"))
-        path = self.workdir / "xdp-filter.batch"
-        with path.open("w") as out:
-            for address in addresses[:-1]:
-                key = " ".join(address.split("."))
-                out.write(f"map update pinned {self.MAP} key {key} value {value_bytes}\n")
+            value_hex = int(value).to_bytes(8, "little").hex()
+        path = self.workdir / "xdp-filter.addresses"
+        path.write_text("\n".join(addresses[:-1]) + "\n")
         if len(addresses) > 1:
-            self.fleet.exec("h2", "bpftool", "batch", "file", path, timeout=900)
-        count = len(yaml.safe_load(self.fleet.exec("h2", "bpftool", "-j", "map", "dump", "pinned", self.MAP).stdout))
+            count = int(self.fleet.exec("h2", "/usr/bin/python3", HERE / "xdpfilter_load.py", COLLECTIONS, self.MAP,
+                                        value_hex, path, timeout=900).stdout.strip())
+        else:
+            count = 1
         if count != len(set(addresses)):
             raise BenchError(f"xdp-filter holds {count} addresses, expected {len(set(addresses))}")
         return time.monotonic() - started
@@ -326,8 +327,8 @@ def run_all(fleet: Fleet, workdir: Path, smoke: bool, repeats: int, seconds: flo
             try:
                 load_s = backend.load(prefixes)
             except (BenchError, TimeoutError) as error:
-                results["skipped"].append({"filter": cls.name, "size": size, "why": str(error)[:500]})
-                log(f"  {cls.name} {size}: load failed: {str(error)[:300]}")
+                results["skipped"].append({"filter": cls.name, "size": size, "why": str(error)[-500:]})
+                log(f"  {cls.name} {size}: load failed: {str(error)[-300:]}")
                 continue
             results["loads"].append({"filter": cls.name, "size": size, "seconds": load_s})
             for source_name, source in SOURCES.items():

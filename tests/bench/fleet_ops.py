@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 import yaml
-from _common import TAG, Fleet, deny_list, log
+from _common import REPO, TAG, Fleet, deny_list, log
 
 FULL_COUNTS = [1, 3, 10, 20]
 SMOKE_COUNTS = [1]
 LIST_SIZE, SMOKE_LIST_SIZE = 100000, 1000
 EXTRA_ADDRESS = "198.18.0.1/32"   # RFC 2544 benchmarking range: in no generated list
+EXTRA_ADDRESS_2 = "198.18.0.2/32"
 
 
 def write_policy(workdir: Path, prefixes: list[str]) -> Path:
@@ -48,9 +49,8 @@ def rollout_play(policy: Path, role: bool = True) -> list:
 
 def step(fleet: Fleet, operation: str, hosts: list[str], play: list) -> dict:
     outcome = fleet.playbook(play, limit=",".join(hosts))
-    policy_results = []
-    for results in outcome["results"].values():
-        policy_results += [r for r in results if isinstance(r, dict) and "compiled" in r]
+    # The last task of the play is the one measured (policy or blocklist); the role comes first.
+    policy_results = [results[-1] for results in outcome["results"].values() if results and results[-1]]
     row = {"operation": operation, "hosts": len(hosts), "seconds": outcome["seconds"],
            "compiles": sum(1 for r in policy_results if r.get("compiled")),
            "changed": sum(1 for r in policy_results if r.get("changed"))}
@@ -95,6 +95,11 @@ def run_all(workdir: Path, smoke: bool, deadline: float) -> dict:
         policy = write_policy(fleet.workdir, prefixes + [EXTRA_ADDRESS])
         rows.append(step(fleet, "add one address (policy list edit, policy task)", everyone,
                          rollout_play(policy, role=False)))
+        if (REPO / "plugins" / "modules" / "blocklist.py").exists():
+            rows.append(step(fleet, "add one address (bpfleet.core.blocklist)", everyone, [
+                {"name": "blocklist", "hosts": "all", "tasks": [
+                    {"name": "block one", "bpfleet.core.blocklist": {"policy": "bench-fleet",
+                                                                      "entries": [EXTRA_ADDRESS_2]}}]}]))
     finally:
         fleet.down()
     return {"rows": rows, "list_size": len(prefixes) + 1,
