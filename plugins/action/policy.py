@@ -29,7 +29,8 @@ def _plain(value):
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("src", "policy", "name", "state", "force", "allow_lockout"))
+    _VALID_ARGS = frozenset(("src", "policy", "name", "state", "force", "allow_lockout", "live_edits",
+                             "confirm_timeout"))
 
     def _load_policy(self, args):
         """Return (raw policy, source name, list-file reader), or (None, None, None)."""
@@ -101,14 +102,17 @@ class ActionModule(ActionBase):
                 "source": rendered["source"],
                 "policy": {"name": model["name"], "source_digest": rendered["source_digest"],
                            "maps_digest": rendered["maps_digest"]},
-                "maps": dict((name, len(entries)) for name, entries in rendered["map_contents"].items()),
+                "maps": dict((name, packed["count"]) for name, packed in rendered["lists"].items()),
                 "programs": rendered["programs"],
                 "model": model,
             })
             return result
 
         module_args = {"state": state, "force": bool(args.get("force", False)),
-                       "allow_lockout": bool(args.get("allow_lockout", False)), "rendered": rendered}
+                       "allow_lockout": bool(args.get("allow_lockout", False)),
+                       "live_edits": args.get("live_edits", "keep"), "rendered": rendered}
+        if args.get("confirm_timeout"):
+            module_args["confirm_timeout"] = args["confirm_timeout"]
         module_result = self._execute_module(MODULE, module_args=module_args, task_vars=task_vars)
         warnings_from_module = module_result.pop("warnings", [])
         result.update(module_result)

@@ -202,7 +202,7 @@ def policy_validate(value, source=None, basedir=None):
         "name": model["name"],
         "source_digest": rendered["source_digest"],
         "maps_digest": rendered["maps_digest"],
-        "maps": dict((map_name, len(entries)) for map_name, entries in rendered["map_contents"].items()),
+        "maps": dict((map_name, packed["count"]) for map_name, packed in rendered["lists"].items()),
     }
 
 

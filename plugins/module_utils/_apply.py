@@ -26,7 +26,9 @@ import shutil
 from ansible_collections.bpfleet.core.plugins.module_utils import _attach as attach
 from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
+from ansible_collections.bpfleet.core.plugins.module_utils import _live_edits as live_edits
 from ansible_collections.bpfleet.core.plugins.module_utils import _maps as maps
+from ansible_collections.bpfleet.core.plugins.module_utils import _packing
 
 # bpffs refuses names with a dot, so the staged pins use an underscore suffix.
 NEXT_SUFFIX = "_next"
@@ -73,11 +75,13 @@ class Plan:
         self.detach = []  # (iface, hook) no longer wanted
         self.unpin = []  # program pins no longer wanted
         self.write_state = False
+        self.live_edits = None  # the live edits record to write, when it changes (_live_edits)
 
     @property
     def changed(self):
         return bool(self.compile or self.recreate_maps or any(u or r for u, r in self.map_deltas.values())
-                    or self.xdp or self.tc or self.detach or self.unpin or self.write_state)
+                    or self.xdp or self.tc or self.detach or self.unpin or self.write_state
+                    or self.live_edits is not None)
 
     def summary(self):
         lines = []
@@ -96,14 +100,20 @@ class Plan:
             lines.append("detach %s from %s (no longer in the policy)" % (hook, iface))
         for pin in self.unpin:
             lines.append("remove program pin %s" % pin)
+        if self.live_edits is not None:
+            lines.append("update the live edits record (%s)" % ", ".join(
+                "%s +%d -%d" % (name, len(entry["added"]), len(entry["removed"]))
+                for name, entry in sorted(self.live_edits.items()) if entry["added"] or entry["removed"])
+                or "no live edits left")
         if self.write_state and not lines:
             lines.append("record the applied policy state")
         return lines
 
 
 class PolicyHost:
-    def __init__(self, runner, rendered, force=False):
+    def __init__(self, runner, rendered, force=False, live_edits_mode="keep"):
         self.runner = runner
+        self.live_edits_mode = live_edits_mode
         self.rendered = dict(rendered)
         if rendered.get("interfaces") == [ALL_INTERFACES]:
             self.rendered["interfaces"] = attach.all_interfaces(runner)
@@ -156,20 +166,31 @@ class PolicyHost:
         return plan
 
     def _plan_maps(self, plan):
+        """Deltas of the list maps: the policy's entries with the recorded live edits laid over
+        them (live_edits_mode keep) or without them (discard), against what the maps hold."""
+        lists = self.rendered.get("_unpacked_lists") or _packing.unpack_lists(self.rendered["lists"])
+        self.rendered["_unpacked_lists"] = lists
+        recorded = live_edits.read(self.name)
+        pruned = live_edits.empty()
         for map_name in maps.LIST_MAPS:
             spec = next(s for s in self.rendered["maps"] if s["name"] == map_name)
-            desired = maps.desired_entries(self.rendered["map_contents"][map_name])
+            packed = lists[map_name]
+            desired = packed.key_list()
+            if self.live_edits_mode == "keep":
+                desired, pruned[map_name] = live_edits.overlay(desired, recorded[map_name])
             fd = None
             if map_name not in plan.recreate_maps:
                 fd = maps.open_pinned(paths.map_pin(self.name, map_name))
             if fd is None:
-                live = {}
+                live = ([], b"")
             else:
                 try:
-                    live = maps.live_entries(fd, spec["key_size"], spec["value_size"])
+                    live = maps.live_keys(fd, spec["key_size"], spec["value_size"])
                 finally:
                     os.close(fd)
-            plan.map_deltas[map_name] = maps.delta(live, desired)
+            plan.map_deltas[map_name] = maps.delta(live, desired, packed.value())
+        if pruned != recorded:
+            plan.live_edits = pruned
 
     def _interface_owners(self):
         """Interfaces claimed by the other policies applied on this host."""
@@ -281,6 +302,8 @@ class PolicyHost:
         document = self._state_document(_now())
         document["attach_modes"] = attach_mode
         document["created_clsact"] = sorted(created_clsact)
+        if plan.live_edits is not None:
+            live_edits.write(self.name, plan.live_edits)
         paths.write_atomic(paths.program_file(self.name), self.rendered["source"])
         paths.write_atomic(paths.state_file(self.name), json.dumps(document, indent=2, sort_keys=True) + "\n")
         self.state = document

@@ -36,7 +36,7 @@ __all__ = [
     "obj_get", "obj_pin", "open_pinned", "fd_closing", "close_fd",
     "map_info", "prog_info", "prog_get_fd_by_id", "map_get_fd_by_id",
     "map_create", "map_lookup", "map_update", "map_delete", "map_keys",
-    "map_update_batch", "map_delete_batch",
+    "map_update_batch", "map_delete_batch", "map_lookup_batch", "map_update_batch_packed", "map_read_all",
     "possible_cpus", "percpu_value_size", "percpu_lookup",
     "prog_test_run",
 ]
@@ -54,6 +54,7 @@ BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_UPDATE_BATCH = 26
 BPF_MAP_DELETE_BATCH = 27
 
@@ -69,6 +70,7 @@ _COMMAND_NAMES = {
     BPF_PROG_GET_FD_BY_ID: "BPF_PROG_GET_FD_BY_ID",
     BPF_MAP_GET_FD_BY_ID: "BPF_MAP_GET_FD_BY_ID",
     BPF_OBJ_GET_INFO_BY_FD: "BPF_OBJ_GET_INFO_BY_FD",
+    BPF_MAP_LOOKUP_BATCH: "BPF_MAP_LOOKUP_BATCH",
     BPF_MAP_UPDATE_BATCH: "BPF_MAP_UPDATE_BATCH",
     BPF_MAP_DELETE_BATCH: "BPF_MAP_DELETE_BATCH",
 }
@@ -514,6 +516,101 @@ def map_delete_batch(fd, keys):
         if map_delete(fd, key):
             deleted += 1
     return deleted
+
+
+# Elements per batch call: big enough that the syscall cost vanishes, small enough that one
+# call never holds a big copy of the keys in the kernel or blocks signals for long.
+BATCH_CHUNK = 131072
+
+
+def map_update_batch_packed(fd, keys, values, key_size, value_size, elem_flags=BPF_ANY, chunk=BATCH_CHUNK):
+    """BPF_MAP_UPDATE_BATCH from packed buffers (``keys``: count * key_size bytes, ``values``:
+    count * value_size bytes), in chunks; returns how many elements were written.
+
+    Falls back to map_update_batch() (and through it to one update per element) on kernels
+    or map types without the batch operation.
+    """
+    keys = bytes(keys)
+    values = bytes(values)
+    count = len(keys) // key_size
+    if len(keys) != count * key_size or len(values) != count * value_size:
+        raise ValueError("map_update_batch_packed: %d key bytes and %d value bytes are not %d elements of %d+%d"
+                         % (len(keys), len(values), count, key_size, value_size))
+    done = 0
+    while done < count:
+        size = min(chunk, count - done)
+        keys_buffer = ctypes.create_string_buffer(keys[done * key_size:(done + size) * key_size], size * key_size)
+        values_buffer = ctypes.create_string_buffer(values[done * value_size:(done + size) * value_size],
+                                                    size * value_size)
+        attr = _batch_attr(fd, keys_buffer, values_buffer, size, elem_flags)
+        try:
+            bpf(BPF_MAP_UPDATE_BATCH, attr, detail="map fd %d, %d elements" % (fd, size))
+        except BpfError as error:
+            partial = _batch_done(attr, size)
+            if error.errno not in _BATCH_FALLBACK_ERRNOS:
+                error.elements_done = done + partial
+                raise
+            rest_keys = [keys[i * key_size:(i + 1) * key_size] for i in range(done + partial, count)]
+            rest_values = [values[i * value_size:(i + 1) * value_size] for i in range(done + partial, count)]
+            return done + partial + map_update_batch(fd, rest_keys, rest_values, elem_flags)
+        done += size
+    return done
+
+
+def map_lookup_batch(fd, key_size, value_size, chunk=BATCH_CHUNK):
+    """All elements of a map with BPF_MAP_LOOKUP_BATCH: (keys, values, count), keys and values
+    packed (count * key_size and count * value_size bytes).
+
+    Raises BpfError with errno EINVAL/ENOTSUPP/EOPNOTSUPP when the kernel or map type has no
+    batch lookup (map_read_all() falls back then). The batch token of the generic
+    implementation (LPM tries, arrays) is a key; hash maps use a 4-byte bucket index, so the
+    token buffers get room for either.
+    """
+    token_size = max(key_size, 8)
+    token_in = ctypes.create_string_buffer(token_size)
+    token_out = ctypes.create_string_buffer(token_size)
+    keys_buffer = ctypes.create_string_buffer(chunk * key_size)
+    values_buffer = ctypes.create_string_buffer(chunk * value_size)
+    keys, values = [], []
+    total = 0
+    first = True
+    while True:
+        attr = _attr(_ATTR_BATCH, 0 if first else ctypes.addressof(token_in), ctypes.addressof(token_out),
+                     ctypes.addressof(keys_buffer), ctypes.addressof(values_buffer), chunk, fd, 0, 0)
+        finished = False
+        try:
+            bpf(BPF_MAP_LOOKUP_BATCH, attr, detail="map fd %d" % fd)
+        except BpfError as error:
+            if error.errno != errno.ENOENT:
+                raise
+            finished = True  # the end of the map; count says how many this last call returned
+        count = struct.unpack_from("=I", attr, _BATCH_COUNT_OFFSET)[0]
+        if count:
+            keys.append(keys_buffer.raw[:count * key_size])
+            values.append(values_buffer.raw[:count * value_size])
+            total += count
+        if finished or count == 0:
+            break
+        ctypes.memmove(token_in, token_out, token_size)
+        first = False
+    return b"".join(keys), b"".join(values), total
+
+
+def map_read_all(fd, key_size, value_size):
+    """(keys, values, count) of every element, packed as map_lookup_batch() returns them:
+    batch lookup where the kernel has it, else a get-next-key walk with one lookup each."""
+    try:
+        return map_lookup_batch(fd, key_size, value_size)
+    except BpfError as error:
+        if error.errno not in _BATCH_FALLBACK_ERRNOS:
+            raise
+    keys, values = [], []
+    for key in map_keys(fd, key_size):
+        value = map_lookup(fd, key, value_size)
+        if value is not None:
+            keys.append(bytes(key))
+            values.append(bytes(value))
+    return b"".join(keys), b"".join(values), len(keys)
 
 
 # --- per-CPU maps ----------------------------------------------------------------

@@ -14,6 +14,8 @@ __metaclass__ = type
 import ipaddress
 import os
 
+from ansible_collections.bpfleet.core.plugins.module_utils import _packing
+
 SSH_PORT = 22
 
 
@@ -51,22 +53,35 @@ def _matches_ssh(rule, port):
     return not rule["port_low"] or rule["port_low"] <= port <= rule["port_high"]
 
 
+def _network_text(version, entry):
+    network, length = entry
+    return "%s/%d" % (ipaddress.ip_address(network) if version == 4 else ipaddress.IPv6Address(network), length)
+
+
 def _first_match(address, entries):
-    for cidr, _rule in entries:
-        network = ipaddress.ip_network(cidr)
-        if network.version == address.version and address in network:
-            return network
-    return None
+    """The widest entry of a list (an object with matches(), see _packing) containing `address`."""
+    found = entries.matches(int(address))
+    return ipaddress.ip_network(_network_text(address.version, found[0])) if found else None
 
 
-def verdict(address, rendered, port=SSH_PORT):
+def lists_of(rendered, lists=None):
+    """The list maps to judge by: `lists` (for example with live edits laid over them), else
+    the rendered policy's own, unpacked once and kept in the rendered dict."""
+    if lists is not None:
+        return lists
+    if "_unpacked_lists" not in rendered:
+        rendered["_unpacked_lists"] = _packing.unpack_lists(rendered["lists"])
+    return rendered["_unpacked_lists"]
+
+
+def verdict(address, rendered, port=SSH_PORT, lists=None):
     """(dropped, reason) for a TCP packet from `address` to `port` under the rendered filter.
 
     Mirrors classify() in bpf/bpfleet.c.j2: an allow entry wins, then a deny entry, then the
     first ingress port rule that drops or passes, then the policy's default.
     """
     family = "v4" if address.version == 4 else "v6"
-    contents = rendered["map_contents"]
+    contents = lists_of(rendered, lists)
     allowed = _first_match(address, contents["allow_" + family])
     if allowed is not None:
         return False, "allowed by filter.allow %s" % allowed
@@ -83,10 +98,10 @@ def verdict(address, rendered, port=SSH_PORT):
     return False, "no list matches it and filter.default is allow"
 
 
-def rate_limits_on(address, rendered, port=SSH_PORT):
+def rate_limits_on(address, rendered, port=SSH_PORT, lists=None):
     """Rate limits that would count the controller's SSH packets (allow-listed sources are exempt)."""
     family = "v4" if address.version == 4 else "v6"
-    if _first_match(address, rendered["map_contents"]["allow_" + family]) is not None:
+    if _first_match(address, lists_of(rendered, lists)["allow_" + family]) is not None:
         return []
     return ["%s (%d packets/s, burst %d)" % (limit["name"], limit["rate"], limit["burst"])
             for limit in (rendered.get("filter") or {}).get("rate_limit") or [] if _matches_ssh(limit, port)]

@@ -11,6 +11,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import heapq
 import ipaddress
 import os
 import struct
@@ -51,39 +52,78 @@ def desired_entries(entries):
 
 
 def live_entries(fd, key_size, value_size=4):
-    entries = {}
-    for key in bpf.map_keys(fd, key_size):
-        value = bpf.map_lookup(fd, key, value_size)
-        if value is not None:
-            entries[bytes(key)] = bytes(value)
-    return entries
+    """{key bytes: value bytes} of a map, read with batch lookups where the kernel has them."""
+    keys, values = live_keys(fd, key_size, value_size)
+    return dict(zip(keys, [values[i * value_size:(i + 1) * value_size] for i in range(len(keys))]))
 
 
-def delta(live, desired):
-    """(to_upsert, to_delete): entries missing or with another value, and entries not wanted."""
-    upsert = dict((k, v) for k, v in desired.items() if live.get(k) != v)
-    remove = [k for k in live if k not in desired]
+def live_keys(fd, key_size, value_size=4):
+    """([key bytes, ...], packed values) of a map: the cheap form for a million entries."""
+    keys, values, count = bpf.map_read_all(fd, key_size, value_size)
+    return [keys[start:start + key_size] for start in range(0, count * key_size, key_size)], values
+
+
+class Upsert(list):
+    """LPM keys to write, all with one value (`value`): a list map holds one rule id."""
+
+    value = None
+
+
+def delta(live, desired, value=None):
+    """(to_upsert, to_delete): entries missing or with another value, and entries not wanted.
+
+    Either `live` and `desired` are {key: value} dicts, or `live` is live_keys()'s
+    (keys, packed values) and `desired` a list of keys that all take `value`: the form for
+    lists of a million entries, where the comparison is a few set operations.
+    """
+    if isinstance(desired, dict):
+        upsert = dict((k, v) for k, v in desired.items() if live.get(k) != v)
+        remove = [k for k in live if k not in desired]
+        return upsert, remove
+    keys, values = live
+    wanted = set(desired)
+    upsert = Upsert(wanted.difference(keys))
+    upsert.value = value
+    if values != value * len(keys):
+        size = len(value)
+        upsert.extend(key for index, key in enumerate(keys)
+                      if key in wanted and values[index * size:(index + 1) * size] != value)
+    remove = list(set(keys).difference(wanted)) if len(keys) + len(upsert) != len(wanted) else []
     return upsert, remove
 
 
 def apply_delta(fd, upsert, remove):
     if upsert:
-        keys = list(upsert)
-        bpf.map_update_batch(fd, keys, [upsert[k] for k in keys])
+        if isinstance(upsert, Upsert):
+            key_size = len(upsert[0])
+            bpf.map_update_batch_packed(fd, b"".join(upsert), upsert.value * len(upsert), key_size,
+                                        len(upsert.value))
+        else:
+            keys = list(upsert)
+            bpf.map_update_batch(fd, keys, [upsert[k] for k in keys])
     if remove:
         bpf.map_delete_batch(fd, remove)
 
 
+def _key_order(key):
+    """Address, then prefix length (the u32 length is stored in host order before the address)."""
+    return bytes(key[4:]), struct.unpack_from("=I", key)[0]
+
+
+def sample_texts(keys, limit):
+    """The first `limit` entries (in address order) of a possibly huge collection of LPM keys,
+    as CIDR texts: only those are decoded."""
+    return [decode_lpm_key(key) for key in heapq.nsmallest(limit, keys, key=_key_order)]
+
+
 def describe_delta(map_name, upsert, remove, limit=5):
     """A short human summary for diffs and results: counts plus the first few entries."""
-    added = sorted(decode_lpm_key(k) for k in upsert)
-    removed = sorted(decode_lpm_key(k) for k in remove)
     return {
         "map": map_name,
-        "added": len(added),
-        "removed": len(removed),
-        "added_sample": added[:limit],
-        "removed_sample": removed[:limit],
+        "added": len(upsert),
+        "removed": len(remove),
+        "added_sample": sample_texts(upsert, limit),
+        "removed_sample": sample_texts(remove, limit),
     }
 
 

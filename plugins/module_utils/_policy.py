@@ -14,11 +14,10 @@ __metaclass__ = type
 
 import difflib
 import hashlib
-import ipaddress
 import json
 import re
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _http
+from ansible_collections.bpfleet.core.plugins.module_utils import _http, _prefixes
 
 SCHEMA_VERSION = 1
 
@@ -399,69 +398,53 @@ def _expect(col, path, value, kind, kind_name):
     return True
 
 
-def _parse_network(col, entry_path, text, seen, duplicates):
-    """One CIDR; returns the network, or None after reporting the problem."""
-    if "%" in text:
-        # ipaddress accepts an IPv6 scope id; a map prefix has none.
-        col.error(entry_path, "not an IP network (a scope id has no meaning in a filter): %s" % text)
-        return None
-    try:
-        network = ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        if "has host bits set" in str(exc):
-            loose = ipaddress.ip_network(text, strict=False)
-            col.error(entry_path, "host bits set in %s (did you mean %s?)" % (text, loose))
-        else:
-            col.error(entry_path, "not an IP network: %s" % text)
-        return None
-    if network in seen:
-        duplicates.append((entry_path, seen[network]))
-        return None
-    seen[network] = entry_path
-    return network
+def _entry_location(entries, index, number):
+    """The path of one list entry; `number` is the line of a list file (0: not from a file)."""
+    entry_path = "[%d]" % index
+    if number:
+        return "%s (%s line %d)" % (entry_path, entries[index]["file"], number)
+    return entry_path
 
 
 def _list_file_lines(col, entry_path, name):
-    """(line number, CIDR text) of a list file: one CIDR per line, '#' starts a comment."""
+    """The text of a list file: one CIDR per line, '#' starts a comment (None if unreadable)."""
     if not isinstance(name, str) or not name.strip():
         col.error(entry_path + ".file", "expected a file path, got %r" % (name,))
-        return []
+        return None
     if col.read_file is None:
         col.error(entry_path + ".file", "list files are read on the controller by the policy action plugin; "
                                         "this caller cannot read %s" % name)
-        return []
+        return None
     try:
-        text = col.read_file(name)
+        return col.read_file(name)
     except (OSError, ValueError) as exc:
         col.error(entry_path + ".file", "cannot read list file %s: %s" % (name, exc))
-        return []
-    lines = []
-    for number, line in enumerate(text.splitlines(), 1):
-        cidr = line.split("#", 1)[0].strip()
-        if cidr:
-            lines.append((number, cidr))
-    return lines
+        return None
 
 
 def _parse_networks(col, path, entries):
-    """Return (v4, v6) lists of (network, comment) from CIDR strings, {cidr, comment} or {file}."""
+    """Return sorted, de-duplicated (v4, v6) lists of prefix ints (_prefixes) from CIDR strings,
+    {cidr, comment} or {file}.
+
+    List files may hold a million lines: lines are parsed in one tight loop, duplicates are
+    found by sorting, and the path of an entry is only built for a message.
+    """
     v4, v6 = [], []
     if entries is None:
-        return v4, v6
+        return v4, v6, []
     if not _expect(col, path, entries, list, "a list of CIDRs"):
-        return v4, v6
-    seen = {}
-    duplicates = []
+        return v4, v6, []
+    texts = {}
     for index, entry in enumerate(entries):
         entry_path = _join(path, index)
-        comment = None
         if isinstance(entry, dict) and "file" in entry:
             _check_keys(col, entry_path, entry, ("file",))
-            name = entry["file"]
-            for number, cidr in _list_file_lines(col, entry_path, name):
-                network = _parse_network(col, "%s (%s line %d)" % (entry_path, name, number), cidr, seen, duplicates)
-                if network is not None:
-                    (v4 if network.version == 4 else v6).append((network, None))
+            text = _list_file_lines(col, entry_path, entry["file"])
+            if text is None:
+                continue
+            texts[index] = text
+            for number, _line, exc in _prefixes.parse_lines(text.splitlines(), v4, v6):
+                col.error(path + _entry_location(entries, index, number), str(exc))
             continue
         if isinstance(entry, dict):
             _check_keys(col, entry_path, entry, ("cidr", "comment"))
@@ -475,19 +458,58 @@ def _parse_networks(col, path, entries):
         if not isinstance(entry, str) or isinstance(entry, bool):
             col.error(entry_path, "not an IP network: %r" % (entry,))
             continue
-        network = _parse_network(col, entry_path, entry.strip(), seen, duplicates)
-        if network is not None:
-            (v4 if network.version == 4 else v6).append((network, comment))
-    for entry_path, first in duplicates[:MAX_DUPLICATE_WARNINGS]:
-        col.warn(entry_path, "duplicate of %s" % first)
-    if len(duplicates) > MAX_DUPLICATE_WARNINGS:
-        col.warn(path, "%d more duplicate entries" % (len(duplicates) - MAX_DUPLICATE_WARNINGS))
-    return v4, v6
+        try:
+            version, value = _prefixes.parse(entry.strip())
+        except _prefixes.PrefixError as exc:
+            col.error(entry_path, str(exc))
+            continue
+        (v4 if version == 4 else v6).append(value)
+    v4.sort()
+    v6.sort()
+    dup4, inside4 = _prefixes.scan(v4, 4)
+    dup6, inside6 = _prefixes.scan(v6, 6)
+    if dup4 or dup6:
+        _report_duplicates(col, path, entries, texts, dup4 + dup6)
+        v4 = _prefixes.unique(v4)
+        v6 = _prefixes.unique(v6)
+    text = _prefixes.to_text
+    redundant = ["%s lies inside %s (redundant)" % (text(narrow, version), text(wide, version))
+                 for version, pairs in ((4, inside4), (6, inside6)) for narrow, wide in pairs]
+    return v4, v6, redundant
 
 
-def _network_order(network):
-    """Family, then address, then wider before narrower: a covering network comes first."""
-    return (network.version, int(network.network_address), network.prefixlen)
+def _report_duplicates(col, path, entries, texts, repeated):
+    """Warn about the first few duplicates (in the order the entries appear), naming the copy
+    and its first occurrence. Runs only when there are duplicates, so it may parse again."""
+    first_seen = {}
+    reported = []
+
+    def note(text, location):
+        if len(reported) >= MAX_DUPLICATE_WARNINGS:
+            return
+        try:
+            key = _prefixes.parse(text)
+        except _prefixes.PrefixError:
+            return
+        first = first_seen.setdefault(key, location)
+        if first != location:
+            reported.append((location, first))
+
+    for index, entry in enumerate(entries):
+        if index in texts:
+            for number, line in enumerate(texts[index].splitlines(), 1):
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    note(line, path + _entry_location(entries, index, number))
+            continue
+        if isinstance(entry, dict):
+            entry = entry.get("cidr")
+        if isinstance(entry, str) and not isinstance(entry, bool):
+            note(entry.strip(), _join(path, index))
+    for later, first in reported:
+        col.warn(later, "duplicate of %s" % first)
+    if len(repeated) > len(reported):
+        col.warn(path, "%d more duplicate entries" % (len(repeated) - len(reported)))
 
 
 def _warn_limited(col, path, messages):
@@ -497,38 +519,15 @@ def _warn_limited(col, path, messages):
         col.warn(path, "%d more such entries" % (len(messages) - MAX_DUPLICATE_WARNINGS))
 
 
-def _redundant_entries(pairs):
-    """Entries inside a wider entry of the same list: harmless, but a sign of a stale list."""
-    found = []
-    cover = None
-    for network in sorted((n for n, _comment in pairs), key=_network_order):
-        if cover is not None and network.version == cover.version and network.subnet_of(cover):
-            found.append("%s lies inside %s (redundant)" % (network, cover))
-        else:
-            cover = network
-    return found
-
-
 def _shadowed_denies(deny, allow):
     """Deny entries inside an allow entry never match: allow wins (docs/policy.md)."""
-    allowed = set(n for n, _comment in allow)
-    lengths = sorted(set((n.version, n.prefixlen) for n in allowed))
+    text = _prefixes.to_text
     found = []
-    for network, _comment in deny:
-        for version, length in lengths:
-            if version == network.version and length <= network.prefixlen:
-                wider = network.supernet(new_prefix=length)
-                if wider in allowed:
-                    found.append("%s lies inside the allow entry %s, which wins: this deny entry never "
-                                 "matches" % (network, wider))
-                    break
+    for version, deny_values, allow_values in ((4, deny[0], allow[0]), (6, deny[1], allow[1])):
+        for value, wider in _prefixes.shadowed(deny_values, allow_values, version):
+            found.append("%s lies inside the allow entry %s, which wins: this deny entry never "
+                         "matches" % (text(value, version), text(wider, version)))
     return found
-
-
-def _sorted_networks(pairs):
-    networks = [network for network, _comment in pairs]
-    networks.sort(key=_network_order)
-    return [str(network) for network in networks]
 
 
 def _number_match(pattern, value):
@@ -735,26 +734,29 @@ def _validate_filter(col, raw):
         col.error("filter.default", "must be one of %s, got %r" % (", ".join(FILTER_DEFAULTS), default))
     else:
         result["default"] = default
-    deny_v4, deny_v6 = _parse_networks(col, "filter.deny", raw.get("deny"))
-    allow_v4, allow_v6 = _parse_networks(col, "filter.allow", raw.get("allow"))
+    deny_v4, deny_v6, deny_redundant = _parse_networks(col, "filter.deny", raw.get("deny"))
+    allow_v4, allow_v6, allow_redundant = _parse_networks(col, "filter.allow", raw.get("allow"))
     for label, items, limit in (("IPv4 deny", deny_v4, DENY_V4_MAX), ("IPv6 deny", deny_v6, DENY_V6_MAX),
                                 ("IPv4 allow", allow_v4, ALLOW_V4_MAX), ("IPv6 allow", allow_v6, ALLOW_V6_MAX)):
         if len(items) > limit:
             col.error("filter", "%d %s entries exceed the map limit of %d" % (len(items), label, limit))
-    _warn_limited(col, "filter.deny", _redundant_entries(deny_v4 + deny_v6))
-    _warn_limited(col, "filter.allow", _redundant_entries(allow_v4 + allow_v6))
-    _warn_limited(col, "filter.deny", _shadowed_denies(deny_v4 + deny_v6, allow_v4 + allow_v6))
-    denied = set(network for network, _comment in deny_v4 + deny_v6)
-    allowed = set(network for network, _comment in allow_v4 + allow_v6)
-    both = denied & allowed
-    for network in sorted(both, key=str):
+    _warn_limited(col, "filter.deny", deny_redundant)
+    _warn_limited(col, "filter.allow", allow_redundant)
+    _warn_limited(col, "filter.deny", _shadowed_denies((deny_v4, deny_v6), (allow_v4, allow_v6)))
+    # The allow lists are the short ones: build the sets from them, scan the deny lists.
+    both = sorted([(4, value) for value in set(allow_v4).intersection(deny_v4)]
+                  + [(6, value) for value in set(allow_v6).intersection(deny_v6)])
+    for network in sorted(_prefixes.to_text(value, version) for version, value in both):
         col.error("filter", "%s is in both filter.deny and filter.allow" % network)
     if default == "deny" and not (allow_v4 or allow_v6):
         col.warn("filter.default", "default deny with an empty allow list drops all IP traffic")
-    result["deny_v4"] = _sorted_networks(deny_v4)
-    result["deny_v6"] = _sorted_networks(deny_v6)
-    result["allow_v4"] = _sorted_networks(allow_v4)
-    result["allow_v6"] = _sorted_networks(allow_v6)
+    # The parsed ints travel beside the model (Model.list_values) so rendering need not parse
+    # a million texts again.
+    result["_values"] = {"deny_v4": deny_v4, "deny_v6": deny_v6, "allow_v4": allow_v4, "allow_v6": allow_v6}
+    result["deny_v4"] = _prefixes.texts(deny_v4, 4)
+    result["deny_v6"] = _prefixes.texts(deny_v6, 6)
+    result["allow_v4"] = _prefixes.texts(allow_v4, 4)
+    result["allow_v6"] = _prefixes.texts(allow_v6, 6)
     taken = {}
     result["ports"] = _validate_ports(col, raw.get("ports"), taken)
     result["rate_limit"] = _validate_rate_limits(col, raw.get("rate_limit"), taken)
@@ -1062,14 +1064,16 @@ def validate(raw, source=None, read_file=None):
 
     if col.errors:
         raise PolicyError(col.errors)
-    model = {
+    list_values = filter_model.pop("_values", None)
+    model = Model({
         "schema": SCHEMA_VERSION,
         "name": name,
         "interfaces": sorted(interfaces),
         "xdp_mode": xdp_mode,
         "filter": filter_model,
         "log": log_model,
-    }
+    })
+    model.list_values = list_values
     return model, col.warnings
 
 
@@ -1093,6 +1097,29 @@ def rule_details(model=None):
     for limit in flt.get("rate_limit") or []:
         rules.append({"id": limit["id"], "name": limit["name"], "kind": "rate_limit", "action": "rate_limited"})
     return rules
+
+
+class Model(dict):
+    """A validated policy (plain JSON data) that also carries its lists as parsed prefix ints."""
+
+    list_values = None
+
+
+LIST_FAMILIES = (("deny_v4", 4, "deny"), ("deny_v6", 6, "deny"), ("allow_v4", 4, "allow"), ("allow_v6", 6, "allow"))
+
+
+def list_values(model):
+    """{map name: (family, sorted prefix ints, rule id)} of a model; parses the texts only when the
+    model did not come straight from validate() (for example after a JSON round trip)."""
+    cached = getattr(model, "list_values", None)
+    found = {}
+    for name, version, kind in LIST_FAMILIES:
+        if cached is not None:
+            values = cached[name]
+        else:
+            values = sorted(_prefixes.parse(text)[1] for text in model["filter"][name])
+        found[name] = (version, values, RULE_IDS[kind])
+    return found
 
 
 def map_contents(model):

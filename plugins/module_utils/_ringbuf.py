@@ -159,6 +159,40 @@ class RingBuffer(object):
             self._consumer_position.value = position
         return records
 
+    def peek(self, max_bytes):
+        """``(position, span)``: a copy of up to ``max_bytes`` of the data area from the
+        consumer position on, records and their headers as the kernel laid them out
+        (committed, BUSY or discarded), without releasing anything.
+
+        The data area is mapped twice in a row, so a span that wraps around the end of
+        the ring is contiguous. Walk it (_records.LineEncoder.encode), check it with
+        copy_at(), then hand the space back with release(). Until then the kernel keeps
+        the records, so a reader that dies before release() finds them again.
+        """
+        consumer_pos = self._consumer_position.value
+        available = _U64.unpack_from(self._producer, 0)[0] - consumer_pos
+        if available <= 0:
+            return consumer_pos, b""
+        start = self._page_size + (consumer_pos & self._mask)
+        return consumer_pos, self._producer[start:start + min(available, max_bytes)]
+
+    def copy_at(self, position, length):
+        """A fresh copy of ``length`` bytes at ring position ``position`` (not yet released).
+
+        Why a second copy: the kernel writes a record, then clears BUSY in its header with
+        a release store, but one memcpy of a span gives no order between the loads of a
+        header and of the payload after it (glibc copies the tail of a large block
+        first). A span whose headers said "committed" may hold a payload read just before
+        the commit. A copy made after the walk reads every such payload after its commit;
+        when both copies are equal (memcmp, nearly always) the walk stands.
+        """
+        start = self._page_size + (position & self._mask)
+        return self._producer[start:start + length]
+
+    def release(self, position):
+        """Hand the space before ring position ``position`` back to the kernel (one store)."""
+        self._consumer_position.value = position
+
     def wait(self, timeout_s):
         """Wait up to ``timeout_s`` seconds for data; True when some is there.
 

@@ -15,7 +15,9 @@ import socket
 import time
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _attach as attach
+from ansible_collections.bpfleet.core.plugins.module_utils import _history as history
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
+from ansible_collections.bpfleet.core.plugins.module_utils import _live_edits as live_edits
 from ansible_collections.bpfleet.core.plugins.module_utils import _maps as maps
 
 # The agent rewrites its status about once a second; older than this means it is stuck.
@@ -59,8 +61,13 @@ def agent_status(status):
     worker_pid = status.get("pid")
     updated = status.get("updated_at_unix")
     age = round(time.time() - updated, 1) if isinstance(updated, (int, float)) else None
-    running = _pid_alive(worker_pid) and (age is None or age < AGENT_STATUS_STALE_S)
+    alive = _pid_alive(worker_pid)
+    running = alive and (age is None or age < AGENT_STATUS_STALE_S)
     return {
+        # running; stale: the process lives but has not written its status for 15 s; stopped.
+        "state": "running" if running else ("stale" if alive else "stopped"),
+        "mode": status.get("mode") if alive else None,
+        "textfile": status.get("textfile"),
         "running": bool(running),
         "pid": worker_pid if running else None,
         "supervisor_pid": supervisor_pid if _pid_alive(supervisor_pid) else None,
@@ -110,19 +117,30 @@ def attachments(runner, name, state):
     return result, drift
 
 
-def log_status(state, agent_policies):
+def log_status(state, agent_policies, agent=None):
     log = state.get("log") or {}
     path = log.get("file")
     entry = {"enabled": bool(log.get("enabled")), "path": path, "fields": log.get("fields", []),
-             "records_written": 0, "bytes_written": 0, "records_lost_user": 0, "last_record_time": None,
-             "file_bytes": None}
+             "records_written": 0, "bytes_written": 0, "records_lost_user": 0, "records_recovered": 0,
+             "last_record_time": None, "file_bytes": None, "current_file": None, "error": None}
     per_policy = agent_policies.get(state.get("name")) or {}
-    for key in ("records_written", "bytes_written", "records_lost_user", "last_record_time"):
+    for key in ("records_written", "bytes_written", "records_lost_user", "records_recovered", "last_record_time",
+                "error"):
         if key in per_policy:
             entry[key] = per_policy[key]
-    if path:
+    # What the agent does with this policy: running (reading its ring buffer), waiting (no
+    # ring buffer pinned yet), error, disabled; stopped when the agent does not run.
+    if not entry["enabled"]:
+        entry["state"] = "disabled"
+    elif agent is not None and not agent.get("running"):
+        entry["state"] = "stopped"
+    else:
+        entry["state"] = per_policy.get("state") or "unknown"
+    current = per_policy.get("file") or path
+    if current:
+        entry["current_file"] = current
         try:
-            entry["file_bytes"] = os.stat(path).st_size
+            entry["file_bytes"] = os.stat(current).st_size
         except OSError:
             entry["file_bytes"] = None
     return entry
@@ -156,7 +174,7 @@ def gather(runner, only=None):
                 entry = counters["rules"].get(detail["name"])
                 if entry is not None:
                     entry.update((key, detail[key]) for key in ("kind", "action", "direction") if key in detail)
-        log = log_status(state, agent_policies)
+        log = log_status(state, agent_policies, agent)
         if counters is not None:
             log["records_emitted"] = counters["records_emitted"]
             log["records_lost_kernel"] = counters["records_lost"]
@@ -175,6 +193,9 @@ def gather(runner, only=None):
             "healthy": not drift,
             "counters": counters,
             "log": log,
+            # From the record the blocklist module keeps: a file read, no map walk.
+            "live_edits": live_edits.counts(name),
+            "history": history.summary(name),
         }
     return {
         "kernel": kernel_status(),

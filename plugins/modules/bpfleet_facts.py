@@ -62,9 +62,12 @@ ansible_facts:
                    "headers": {"kind": "fallback", "path": "/lib/modules/6.18.44/build",
                                "target": "/usr/src/linux-headers-6.1.0-56-amd64", "version": "6.1.0-56-amd64"}}
         agent:
-          description: Whether C(bpfleet-agent) runs, its pid and version, and the age of its status file.
+          description:
+            - Whether C(bpfleet-agent) runs (C(state) running, stale or stopped), its pid, mode (foreground under
+              systemd, daemon under its own supervisor), version, Prometheus textfile, and the age of its status file.
           type: dict
-          sample: {"running": true, "pid": 1234, "version": "0.1.0", "status_age_s": 0.4}
+          sample: {"state": "running", "running": true, "mode": "daemon", "pid": 1234, "version": "0.1.0",
+                   "status_age_s": 0.4, "textfile": "/var/lib/prometheus/node-exporter/bpfleet.prom"}
         policy_names:
           description: Names of the policies applied on the host.
           type: list
@@ -74,7 +77,9 @@ ansible_facts:
             - Per policy name, C(policy) (name, digests, applied_at), C(attachments) (iface, hook, mode, prog_id,
               tag, expected_prog_id, ok), C(drift) (list of problems, empty when healthy), C(healthy),
               C(counters) (packets_seen, passed, dropped, records_emitted, records_lost, rules per rule name with
-              packets and bytes) and C(log) (path, records_written, bytes_written, records_lost, last_record_time).
+              packets and bytes) and C(log) (state, path, current_file, file_bytes, records_emitted,
+              records_written, bytes_written, records_lost_kernel, records_lost_user, records_lost,
+              records_recovered, last_record_time, error).
           type: dict
 """
 

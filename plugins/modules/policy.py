@@ -75,6 +75,26 @@ options:
       - Without an SSH connection (C(connection=local)) there is nothing to guard.
     type: bool
     default: false
+  live_edits:
+    description:
+      - What to do with the live list edits that M(bpfleet.core.blocklist) made in this policy's running maps
+        (recorded on the host in C(/var/lib/bpfleet/<name>/live_edits.json)).
+      - V(keep) lays them over the policy's lists, so this run neither reverts nor recompiles them. An added entry
+        that the policy now lists itself, and a removed entry that the policy no longer lists, are dropped from
+        the record (the policy took them over).
+      - V(discard) brings the maps back to exactly the policy's lists and deletes the record.
+    type: str
+    choices: [keep, discard]
+    default: keep
+  confirm_timeout:
+    description:
+      - Commit-confirmed. When the run changes the host, the host starts a timer of this many seconds and restores
+        the last good policy by itself unless M(bpfleet.core.policy_confirm) runs before it expires. The timer runs on
+        the host (a detached process, no systemd needed), so it works when this change cut the controller off.
+      - V(0) (the default) applies without a timer. A run that changes nothing starts no timer.
+      - A later change of the same policy without O(confirm_timeout) confirms a pending one.
+    type: int
+    default: 0
   rendered:
     description:
       - Internal. Set by the action plugin from O(src) or O(policy); do not set it yourself.
@@ -85,6 +105,9 @@ requirements:
   - iproute2 (C(ip), C(tc)) on the host.
 seealso:
   - module: bpfleet.core.bpfleet_facts
+  - module: bpfleet.core.blocklist
+  - module: bpfleet.core.policy_rollback
+  - module: bpfleet.core.policy_confirm
 """
 
 EXAMPLES = r"""
@@ -108,6 +131,16 @@ EXAMPLES = r"""
     state: rendered
   delegate_to: localhost
   register: rendered
+
+- name: Apply the policy and drop the entries blocklist added or removed since
+  bpfleet.core.policy:
+    src: policies/edge-web.yml
+    live_edits: discard
+
+- name: Apply with commit-confirmed; the host rolls back by itself unless confirmed within 120 s
+  bpfleet.core.policy:
+    src: policies/edge-web.yml
+    confirm_timeout: 120
 
 - name: Remove the policy
   bpfleet.core.policy:
@@ -163,6 +196,14 @@ attachments:
   returned: when O(state=present) and not in check mode
   type: dict
   sample: {"eth0": "native"}
+history:
+  description:
+    - The last good version kept for rollback (C(good), digests or null), the pending confirmation
+      (C(pending), with its deadline, or null) and the last few rollback and confirm events.
+  returned: when O(state=present) and not in check mode
+  type: dict
+  sample: {"good": {"source_digest": "sha256:2ae0...", "maps_digest": "sha256:14dd..."},
+           "pending": {"deadline": "2026-12-04T15:20:00Z", "timeout_s": 120}, "events": []}
 source:
   description: The rendered C source.
   returned: when O(state=rendered)
@@ -179,7 +220,15 @@ import traceback
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.respawn import has_respawned, probe_interpreters_for_module, respawn_module
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _apply, _bcc_backend, _lockout, _maps
+from ansible_collections.bpfleet.core.plugins.module_utils import (
+    _apply,
+    _bcc_backend,
+    _history,
+    _live_edits,
+    _lockout,
+    _maps,
+    _packing,
+)
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 from ansible_collections.bpfleet.core.plugins.module_utils._runner import CommandError, CommandRunner
 
@@ -202,10 +251,10 @@ DIFF_ENTRIES_PER_MAP = 20
 
 
 def _entry_lines(map_name, keys):
-    names = sorted(_maps.decode_lpm_key(key) for key in keys)
-    lines = ["%s %s\n" % (map_name, cidr) for cidr in names[:DIFF_ENTRIES_PER_MAP]]
-    if len(names) > DIFF_ENTRIES_PER_MAP:
-        lines.append("%s ... and %d more\n" % (map_name, len(names) - DIFF_ENTRIES_PER_MAP))
+    names = _maps.sample_texts(keys, DIFF_ENTRIES_PER_MAP)
+    lines = ["%s %s\n" % (map_name, cidr) for cidr in names]
+    if len(keys) > DIFF_ENTRIES_PER_MAP:
+        lines.append("%s ... and %d more\n" % (map_name, len(keys) - DIFF_ENTRIES_PER_MAP))
     return lines
 
 
@@ -226,13 +275,24 @@ def _diff(name, rendered, plan):
     return diffs
 
 
+def _effective_lists(module, rendered):
+    """The lists the maps will hold: the policy's, with the kept live edits laid over them."""
+    lists = rendered["_unpacked_lists"]
+    if module.params["live_edits"] != "keep":
+        return lists
+    recorded = _live_edits.read(rendered["name"])
+    return dict((name, _packing.EditedList(packed, recorded[name]["added"], recorded[name]["removed"]))
+                for name, packed in lists.items())
+
+
 def _guard_lockout(module, rendered):
     """Refuse a policy that would drop the controller's own SSH connection."""
     address, port = _lockout.controller_endpoint()
     if address is None:
         return {"controller": None, "dropped": False, "reason": "no SSH connection to guard"}
-    dropped, reason = _lockout.verdict(address, rendered, port)
-    for limit in _lockout.rate_limits_on(address, rendered, port):
+    lists = _effective_lists(module, rendered)
+    dropped, reason = _lockout.verdict(address, rendered, port, lists)
+    for limit in _lockout.rate_limits_on(address, rendered, port, lists):
         module.warn("the rate limit %s also counts the controller's SSH packets from %s; put the controller on "
                     "filter.allow to exempt it" % (limit, address))
     if dropped and not module.params["allow_lockout"]:
@@ -243,9 +303,21 @@ def _guard_lockout(module, rendered):
     return {"controller": str(address), "dropped": dropped, "reason": reason}
 
 
+def _confirm(module, rendered):
+    """Arm the commit-confirmed timer, or confirm a pending change by this new one."""
+    timeout = module.params["confirm_timeout"]
+    if not timeout:
+        if _history.clear_pending(rendered["name"]):
+            _history.record_event(rendered["name"], "confirm", reason="superseded by a change without confirm_timeout")
+        return
+    compile_fn = _bcc_backend.compile_and_pin if _bcc_backend.HAS_BCC else None
+    _history.arm_confirm(rendered["name"], timeout, rendered["source_digest"], compile_fn)
+
+
 def _present(module, runner, rendered):
     lockout = _guard_lockout(module, rendered)
-    host = _apply.PolicyHost(runner, rendered, force=module.params["force"])
+    host = _apply.PolicyHost(runner, rendered, force=module.params["force"],
+                             live_edits_mode=module.params["live_edits"])
     plan = host.plan()
     result = {
         "changed": plan.changed,
@@ -261,10 +333,16 @@ def _present(module, runner, rendered):
     if plan.changed and not module.check_mode:
         if plan.compile:
             _ensure_bcc(module)
+        _history.before_apply(host)
         document = host.apply(plan, _bcc_backend.compile_and_pin)
         result["attachments"] = document.get("attach_modes", {})
+        _history.after_apply(rendered["name"], rendered)
+        _confirm(module, rendered)
     elif not module.check_mode:
         result["attachments"] = (host.state or {}).get("attach_modes", {})
+        _history.after_apply(rendered["name"], rendered)
+    if not module.check_mode:
+        result["history"] = _history.summary(rendered["name"])
     result["commands"] = runner.commands
     return result
 
@@ -278,6 +356,8 @@ def main():
             state=dict(type="str", default="present", choices=["present", "absent", "rendered"]),
             force=dict(type="bool", default=False),
             allow_lockout=dict(type="bool", default=False),
+            live_edits=dict(type="str", default="keep", choices=["keep", "discard"]),
+            confirm_timeout=dict(type="int", default=0),
             rendered=dict(type="dict"),
         ),
         supports_check_mode=True,
@@ -289,6 +369,18 @@ def main():
     if state == "present" and not rendered:
         module.fail_json(msg="no rendered policy: call bpfleet.core.policy with src or policy (the action plugin "
                              "renders it); the module cannot be used without its action plugin")
+    if rendered and "lists" in rendered:
+        # The module echoes its arguments back (invocation): strip the packed megabytes there,
+        # but keep them in the copy this run applies and records as the last good policy.
+        echoed_lists = rendered["lists"]
+        rendered = dict(rendered, lists=dict((name, dict(packed)) for name, packed in echoed_lists.items()))
+        try:
+            rendered["_unpacked_lists"] = _packing.unpack_lists(rendered["lists"])
+        except _packing.PackingError as exc:
+            module.fail_json(msg="the rendered policy's lists are damaged: %s" % exc)
+        _packing.strip_data(echoed_lists)
+    if module.params["confirm_timeout"] and module.params["confirm_timeout"] < _history.MIN_CONFIRM_TIMEOUT:
+        module.fail_json(msg="confirm_timeout must be 0 (off) or at least %d seconds" % _history.MIN_CONFIRM_TIMEOUT)
     runner = CommandRunner(module)
     try:
         if state == "absent":

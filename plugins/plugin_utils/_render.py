@@ -14,7 +14,7 @@ import os
 
 import jinja2
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _http, _policy
+from ansible_collections.bpfleet.core.plugins.module_utils import _http, _packing, _policy
 
 GENERATOR_VERSION = "0.1.0"
 BPF_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "bpf"))
@@ -171,13 +171,17 @@ def render(model):
         rule_names=dict((rule["id"], rule["name"]) for rule in _policy.rule_details(model)),
         rate_fill_ns=dict((limit["id"], _fill_nanoseconds(limit)) for limit in model["filter"]["rate_limit"]),
     )
-    contents = _policy.map_contents(model)
+    lists = dict((name, _packing.pack(values, version, rule))
+                 for name, (version, values, rule) in _policy.list_values(model).items())
     return {
         "name": model["name"],
         "source": source,
         "source_digest": "sha256:" + hashlib.sha256(source.encode("utf-8")).hexdigest(),
-        "map_contents": contents,
-        "maps_digest": _policy.digest_of(contents),
+        # The list maps' desired content, packed (_packing); the digest covers the entries and
+        # their rule ids, not the compressed form.
+        "lists": lists,
+        "maps_digest": _policy.digest_of(dict((name, [packed["digest"], packed["rule"]])
+                                              for name, packed in lists.items())),
         "maps": map_manifest(),
         "programs": program_manifest(model),
         "rules": _policy.rule_names(model),

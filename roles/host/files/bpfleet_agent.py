@@ -23,6 +23,7 @@ records it could not queue (stats slot records_lost).
 from __future__ import annotations
 
 import argparse
+import calendar
 import ctypes
 import errno
 import fcntl
@@ -33,6 +34,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -65,15 +67,28 @@ WORKER_LOCK_FILE = "agent.lock"     # flock()ed by the one worker allowed per ho
 EXIT_NOT_RUNNING = 3                # LSB "program is not running", for `status`
 EXIT_LOCKED = 75                    # EX_TEMPFAIL: another worker holds the lock
 
-# One drain takes at most this many records: it bounds the memory of a batch
-# and how long the kernel waits before the space is handed back.
-BATCH_RECORDS = 4096
+# One batch reads at most this many bytes of the ring (about 11,000 L3/L4 records of
+# 96 bytes): it bounds the memory of a batch and how long the kernel waits before the
+# space is handed back. A batch is one write() and one cursor update.
+SPAN_BYTES = 1 << 20
 # Per policy and loop turn, so status writes and rescans keep their rhythm and
 # one busy policy cannot starve the others.
-TURN_RECORDS = 16 * BATCH_RECORDS
+TURN_BYTES = 8 * SPAN_BYTES
 # A stopping agent drains what is queued, but not forever if the producer
 # keeps going.
-FINAL_DRAIN_RECORDS = 1 << 20
+FINAL_DRAIN_BYTES = 256 * SPAN_BYTES
+
+CURSOR_DIR = "cursors"              # under the run directory, one file per policy
+CURSOR_SIZE = 512                   # fixed: each update is one pwrite() of the whole record
+TEXTFILE_NAME = "bpfleet.prom"
+DEFAULT_CONFIG = "/etc/bpfleet/agent.json"
+DEFAULT_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+
+# Slots of the policies' `stats` per-CPU array (bpf/include/bpfleet_record.h).
+STAT_RECORDS_EMITTED = 3
+STAT_RECORDS_LOST = 4
+_COUNTER = struct.Struct("<QQ")
+_RULE_KEY = struct.Struct("<II")
 
 WORKER_LOCK_WAIT_S = 5.0
 STOP_TIMEOUT_S = 20.0
@@ -140,11 +155,17 @@ class LogSink(object):
         while view:
             written = os.write(self.fd, view)
             view = view[written:]
-        self.size += len(data)
+        # With O_APPEND the offset after a write is the file's end: the true size even when
+        # logrotate's copytruncate emptied the file under us.
+        self.size = os.lseek(self.fd, 0, os.SEEK_CUR)
         if self.max_size and self.size >= self.max_size:
             self.rotate()
 
     def rotate(self):
+        # The closed file is complete on disk before its name changes: a crash or power
+        # loss right after rotation cannot leave a rotated file with a hole at its end.
+        if self.fd is not None:
+            os.fsync(self.fd)
         self.close()
         for index in range(self.keep - 1, 0, -1):
             older = "%s.%d" % (self.path, index)
@@ -157,6 +178,27 @@ class LogSink(object):
     def reopen(self):
         self.close()
         self.open()
+
+    def current_size(self):
+        """The file's size now (other writers, logrotate copytruncate included)."""
+        if self.fd is None:
+            self.open()
+        return os.fstat(self.fd).st_size
+
+    def candidates(self):
+        """The live file and the rotated ones, newest first."""
+        return [self.path] + ["%s.%d" % (self.path, index) for index in range(1, self.keep + 1)]
+
+    def find(self, identity):
+        """(path, size) of the file with ``identity`` (dev, inode) among candidates()."""
+        for path in self.candidates():
+            try:
+                stat = os.stat(path)
+            except OSError:
+                continue
+            if (stat.st_dev, stat.st_ino) == tuple(identity):
+                return path, stat.st_size
+        return None, None
 
     def reopen_if_moved(self):
         if self.fd is None:
@@ -185,6 +227,138 @@ def write_json_atomically(path, document):
     os.replace(temporary, path)
 
 
+def write_text_atomically(path, text):
+    """Write then rename: node_exporter's textfile collector must never read half a file."""
+    temporary = "%s.tmp.%d" % (path, os.getpid())
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        # Readable by node_exporter's own user whatever the agent's umask (0027).
+        os.fchmod(fd, 0o644)
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+def _label(value):
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+# name, type, help: the metrics of the textfile (docs/logging.md).
+METRICS = (
+    ("bpfleet_agent_info", "gauge", "bpfleet-agent version and host (value 1)."),
+    ("bpfleet_agent_start_time_seconds", "gauge", "Start time of the bpfleet-agent worker, UNIX seconds."),
+    ("bpfleet_agent_status_time_seconds", "gauge", "When bpfleet-agent wrote this file, UNIX seconds."),
+    ("bpfleet_records_total", "counter", "Header records written to the policy's log file by this worker."),
+    ("bpfleet_records_emitted_total", "counter",
+     "Header records the kernel put into the policy's ring buffer (since the map was created)."),
+    ("bpfleet_records_lost_total", "counter",
+     "Header records lost: where=kernel ring buffer full (since the map was created), "
+     "where=agent not written by this worker (write errors)."),
+    ("bpfleet_records_malformed_total", "counter", "Ring buffer records of an unknown layout, skipped."),
+    ("bpfleet_log_bytes_total", "counter", "Bytes written to the policy's log file by this worker."),
+    ("bpfleet_last_record_timestamp_seconds", "gauge", "Time of the last record written, UNIX seconds."),
+    ("bpfleet_policy_logging", "gauge", "1 when the agent reads the policy's ring buffer, 0 otherwise."),
+    ("bpfleet_packets_total", "counter", "Packets by the filter rule that decided them, per interface."),
+    ("bpfleet_bytes_total", "counter", "Bytes by the filter rule that decided them, per interface."),
+)
+
+
+def _rfc3339_seconds(text):
+    if not text:
+        return None
+    try:
+        whole = time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return None
+    return calendar.timegm(whole) + float("0" + text[19:].rstrip("Z"))
+
+
+def prometheus_text(agent, updated_ns):
+    """The node_exporter textfile: every metric with HELP and TYPE once, samples sorted."""
+    samples = dict((name, []) for name, _kind, _help in METRICS)
+    samples["bpfleet_agent_info"].append(('version="%s",host="%s"' % (_label(AGENT_VERSION), _label(agent.host)), 1))
+    started = _rfc3339_seconds(agent.started_at)
+    if started is not None:
+        samples["bpfleet_agent_start_time_seconds"].append(("", "%.3f" % started))
+    samples["bpfleet_agent_status_time_seconds"].append(("", "%.3f" % (updated_ns / 1e9)))
+    for policy in sorted(agent.policies.values(), key=lambda item: item.name):
+        label = 'policy="%s"' % _label(policy.name)
+        samples["bpfleet_policy_logging"].append((label, 1 if policy.state() == "running" else 0))
+        samples["bpfleet_records_total"].append((label, policy.records_written))
+        samples["bpfleet_log_bytes_total"].append((label, policy.bytes_written))
+        samples["bpfleet_records_malformed_total"].append((label, policy.records_malformed))
+        if policy.records_emitted_kernel is not None:
+            samples["bpfleet_records_emitted_total"].append((label, policy.records_emitted_kernel))
+            samples["bpfleet_records_lost_total"].append((label + ',where="kernel"', policy.records_lost_kernel))
+        samples["bpfleet_records_lost_total"].append((label + ',where="agent"', policy.records_lost_user))
+        last = _rfc3339_seconds(policy.last_record_time)
+        if last is not None:
+            samples["bpfleet_last_record_timestamp_seconds"].append((label, "%.3f" % last))
+        for (ifindex, rule_id), (packets, byte_count) in sorted(policy.rule_counters.items()):
+            rule = policy.rules.get(str(rule_id), str(rule_id))
+            labels = '%s,iface="%s",rule="%s",action="%s"' % (
+                label, _label(agent.interface_names[ifindex]), _label(rule),
+                _label(policy.rule_actions.get(rule, "unknown")))
+            samples["bpfleet_packets_total"].append((labels, packets))
+            samples["bpfleet_bytes_total"].append((labels, byte_count))
+    out = []
+    for name, kind, help_text in METRICS:
+        if not samples[name]:
+            continue
+        out.append("# HELP %s %s\n# TYPE %s %s\n" % (name, help_text, name, kind))
+        for labels, value in samples[name]:
+            out.append("%s{%s} %s\n" % (name, labels, value) if labels else "%s %s\n" % (name, value))
+    return "".join(out)
+
+
+class SyslogSink(object):
+    """Optional copy of the records to syslog (/dev/log; journald listens there too), one
+    datagram per record. Costs a system call a record: for modest rates, not floods."""
+
+    FACILITIES = {"user": 1, "daemon": 3, "local0": 16, "local1": 17, "local2": 18, "local3": 19,
+                  "local4": 20, "local5": 21, "local6": 22, "local7": 23}
+
+    def __init__(self, address, facility, policies, tag):
+        self.address = address
+        self.priority = self.FACILITIES[facility] * 8 + 6          # severity: info
+        self.policies = set(policies) if policies else None
+        self.prefix = ("<%d>%s: " % (self.priority, tag)).encode("ascii")
+        self.socket = None
+        self.dropped = 0
+
+    @classmethod
+    def from_config(cls, config):
+        if config is True:
+            config = {}
+        facility = config.get("facility", "local0")
+        if facility not in cls.FACILITIES:
+            raise ValueError("syslog.facility %r: one of %s" % (facility, ", ".join(sorted(cls.FACILITIES))))
+        return cls(config.get("address", "/dev/log"), facility, config.get("policies"),
+                   config.get("tag", "bpfleet"))
+
+    def wants(self, policy_name):
+        return self.policies is None or policy_name in self.policies
+
+    def send(self, lines):
+        if self.socket is None:
+            try:
+                self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self.socket.connect(self.address)
+                self.socket.setblocking(False)
+            except OSError:
+                self.socket = None
+                self.dropped += len(lines)
+                return
+        prefix = self.prefix
+        for line in lines:
+            try:
+                self.socket.send(prefix + line.encode("ascii"))
+            except OSError:
+                # A full syslog queue must not stall the file log: count and go on.
+                self.dropped += 1
+
+
 class InterfaceNames(dict):
     """ifindex -> name, resolved on first use; cleared on every rescan because
     interfaces come and go and indexes get reused."""
@@ -198,12 +372,121 @@ class InterfaceNames(dict):
         return name
 
 
+class Cursor(object):
+    """Write-ahead record of the batch in flight, so kill -9 neither loses nor duplicates.
+
+    Before a batch is written, the cursor stores the ring positions it covers
+    (``start``, ``end``), the output file's identity and its size before and after the
+    write; the batch's ring space is released only after the write. After a crash the
+    ring's consumer position tells whether the last batch was released: if it still
+    stands at ``start``, the file decides (recover()). The cursor lives on tmpfs
+    (/run/bpfleet/cursors) without fsync: it must survive the process, not a reboot, and
+    a reboot loses the ring buffer anyway. One fixed-size pwrite() per batch, so a
+    reader never sees half of an update.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+
+    def load(self):
+        try:
+            with open(self.path, "rb") as cursor_file:
+                document = json.loads(cursor_file.read().decode("ascii").strip() or "null")
+        except (OSError, ValueError):
+            return None
+        return document if isinstance(document, dict) else None
+
+    def begin(self, map_id, start, end, identity, size_before, size_after):
+        if self.fd is None:
+            os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        document = json.dumps({"map_id": map_id, "start": start, "end": end, "dev": identity[0],
+                               "ino": identity[1], "size_before": size_before, "size_after": size_after},
+                              sort_keys=True, separators=(",", ":")).encode("ascii")
+        os.pwrite(self.fd, document.ljust(CURSOR_SIZE - 1) + b"\n", 0)
+
+    def close(self):
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
+def recovery_action(cursor, map_id, consumer_position, found_size):
+    """What to do with the batch a dead agent left in flight (pure; unit tested).
+
+    ``cursor``: Cursor.load(); ``consumer_position``: the ring's now; ``found_size``:
+    the size of the file with the cursor's identity (None when it is gone). Returns
+    ("none", None) when there is nothing to repair, ("skip", end) when the batch is in
+    the file (release up to ``end``, do not write it again), ("truncate", size_before)
+    when the file holds part of it (cut the partial lines, then read the batch again),
+    ("reread", None) when none of it is in the file.
+    """
+    if not cursor or cursor.get("map_id") != map_id:
+        return "none", None
+    start, end = cursor.get("start"), cursor.get("end")
+    if consumer_position != start or not isinstance(end, int) or end <= start:
+        return "none", None              # the batch was released: no crash window open
+    if found_size is None:
+        # The file was moved away or deleted: writing the batch again risks a duplicate,
+        # skipping it risks a loss; a missing file is what an operator's cleanup leaves,
+        # so the batch is read again into the new file.
+        return "reread", None
+    if found_size >= cursor["size_after"]:
+        return "skip", end
+    if found_size > cursor["size_before"]:
+        return "truncate", cursor["size_before"]
+    return "reread", None
+
+
+class Failpoints(object):
+    """Test hooks: BPFLEET_AGENT_FAILPOINT=name[:n] kills the worker with SIGKILL the
+    n-th time (default 1st) it passes `name`: after-cursor, mid-write, after-write,
+    after-release. Unset, a point costs one attribute test."""
+
+    def __init__(self, spec):
+        self.name, self.remaining = None, 0
+        if spec:
+            name, _sep, count = spec.partition(":")
+            self.name, self.remaining = name, int(count or 1)
+
+    def hit(self, name):
+        if self.name == name:
+            self.remaining -= 1
+            if self.remaining <= 0:
+                log.warning("failpoint %s: SIGKILL", name)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def read_kernel_counters(stats_fd):
+    """(records emitted, records lost) from a policy's pinned `stats` per-CPU array."""
+    totals = []
+    for slot in (STAT_RECORDS_EMITTED, STAT_RECORDS_LOST):
+        values = _bpf_syscall.percpu_lookup(stats_fd, struct.pack("<I", slot), _COUNTER.size) or []
+        totals.append(sum(_COUNTER.unpack_from(value)[0] for value in values))
+    return totals[0], totals[1]
+
+
+def read_rule_counters(rules_fd):
+    """{(ifindex, rule id): (packets, bytes)} from a policy's pinned `rule_stats`."""
+    found = {}
+    for key in _bpf_syscall.map_keys(rules_fd, _RULE_KEY.size):
+        packets = byte_count = 0
+        for value in _bpf_syscall.percpu_lookup(rules_fd, bytes(key), _COUNTER.size) or []:
+            count_packets, count_bytes = _COUNTER.unpack_from(value)
+            packets += count_packets
+            byte_count += count_bytes
+        found[_RULE_KEY.unpack(bytes(key))] = (packets, byte_count)
+    return found
+
+
 # --- one policy ----------------------------------------------------------------
 
 class PolicyLog(object):
     """A policy found in <state-dir>/<key>/state.json: its decoder, ring buffer,
     output file and counters. Counters survive reloads and ring buffer
-    replacements; they start at zero with the worker."""
+    replacements; they start at zero with the worker (the kernel's count from
+    the map's creation)."""
 
     def __init__(self, key, state_path):
         self.key = key
@@ -211,25 +494,44 @@ class PolicyLog(object):
         self.name = key
         self.signature = None
         self.decoder = None
+        self.encoder = None
         self.sink = None
         self.ring = None
         self.ring_pin = None
+        self.cursor = None
         self.logging_enabled = False
+        self.rules = {}
+        self.rule_actions = {}
         self.records_written = 0
         self.bytes_written = 0
         self.records_lost_user = 0
         self.records_malformed = 0
+        self.records_recovered = 0
+        self.records_emitted_kernel = None
+        self.records_lost_kernel = None
+        self.rule_counters = {}
         self.last_record_time = None
         self.error = None
 
+    def state(self):
+        if not self.logging_enabled:
+            return "disabled"
+        if self.error:
+            return "error"
+        return "running" if self.ring is not None else "waiting"
+
     def status(self):
         return {
+            "state": self.state(),
             "file": self.sink.path if self.sink else None,
             "map_id": self.ring.map_id if self.ring else None,
             "records_written": self.records_written,
             "bytes_written": self.bytes_written,
             "records_lost_user": self.records_lost_user,
+            "records_lost_kernel": self.records_lost_kernel,
+            "records_emitted": self.records_emitted_kernel,
             "records_malformed": self.records_malformed,
+            "records_recovered": self.records_recovered,
             "last_record_time": self.last_record_time,
             "error": self.error,
         }
@@ -248,6 +550,9 @@ class Agent(object):
         self.status_interval = options.status_interval
         self.supervised = options.supervised
         self.status_path = os.path.join(self.run_dir, STATUS_FILE)
+        self.textfile_dir = options.textfile_dir
+        self.syslog = SyslogSink.from_config(options.syslog) if options.syslog else None
+        self.failpoints = Failpoints(os.environ.get("BPFLEET_AGENT_FAILPOINT"))
         self.policies = {}
         self.interface_names = InterfaceNames()
         self.host = socket.gethostname()
@@ -280,6 +585,9 @@ class Agent(object):
                 if policy.decoder is not None:
                     policy.decoder.host = host
         self.interface_names.clear()
+        for policy in self.policies.values():
+            if policy.encoder is not None:
+                policy.encoder.reset()      # its fragments hold interface names
         found = set()
         try:
             entries = sorted(os.listdir(self.state_dir))
@@ -327,11 +635,11 @@ class Agent(object):
         if not isinstance(log_config, dict) or log_config.get("enabled") is False:
             if policy.logging_enabled:
                 log.info("policy %s: logging disabled", policy.key)
-            self.drain_policy(policy, FINAL_DRAIN_RECORDS)
+            self.drain_policy(policy, FINAL_DRAIN_BYTES)
             self.close_ring(policy)
             self.close_sink(policy)
             policy.logging_enabled = False
-            policy.decoder = None
+            policy.decoder = policy.encoder = None
             policy.error = None
             return
         sink_config = log_config.get("sink") if isinstance(log_config.get("sink"), dict) else {}
@@ -355,6 +663,12 @@ class Agent(object):
         else:
             policy.sink.max_size, policy.sink.keep = max_size, max(1, int(keep or 1))
         policy.decoder = decoder
+        policy.encoder = _records.LineEncoder(decoder)
+        policy.rules = dict((str(rule_id), str(name)) for rule_id, name in (state.get("rules") or {}).items())
+        policy.rule_actions = dict((str(detail.get("name")), str(detail.get("action")))
+                                   for detail in state.get("rule_details") or [] if isinstance(detail, dict))
+        if policy.cursor is None:
+            policy.cursor = Cursor(os.path.join(self.run_dir, CURSOR_DIR, policy.key + ".cursor"))
         policy.logging_enabled = True
         policy.error = None
         log.info("policy %s: log to %s, fields %s", policy.key, path, ",".join(decoder.fields) or "(base only)")
@@ -368,7 +682,7 @@ class Agent(object):
         except _bpf_syscall.BpfError as error:
             if policy.ring is not None and error.errno == errno.ENOENT:
                 log.info("policy %s: ring buffer unpinned, closing map id %d", policy.key, policy.ring.map_id)
-                self.drain_policy(policy, FINAL_DRAIN_RECORDS)
+                self.drain_policy(policy, FINAL_DRAIN_BYTES)
                 self.close_ring(policy)
             self.set_error(policy, str(error))
             return
@@ -384,7 +698,7 @@ class Agent(object):
             _bpf_syscall.close_fd(fd)
         if policy.ring is not None:
             log.info("policy %s: ring buffer replaced, map id %d -> %d", policy.key, policy.ring.map_id, map_id)
-            self.drain_policy(policy, FINAL_DRAIN_RECORDS)
+            self.drain_policy(policy, FINAL_DRAIN_BYTES)
             self.close_ring(policy)
         else:
             log.info("policy %s: reading %s (map id %d, %d bytes)", policy.key, pin, map_id, ring.size)
@@ -392,6 +706,30 @@ class Agent(object):
         policy.ring_pin = pin
         policy.error = None
         self.poller.register(ring.fileno(), select.EPOLLIN)
+        self.recover(policy)
+
+    def recover(self, policy):
+        """Close the crash window a killed agent may have left on this ring (Cursor)."""
+        if policy.cursor is None or policy.sink is None:
+            return
+        cursor = policy.cursor.load()
+        found_path = found_size = None
+        if cursor and "ino" in cursor:
+            found_path, found_size = policy.sink.find((cursor["dev"], cursor["ino"]))
+        action, value = recovery_action(cursor, policy.ring.map_id, policy.ring.consumer_position, found_size)
+        if action == "skip":
+            log.warning("policy %s: the last batch before a crash (ring %d-%d) is already in %s; not writing it again",
+                        policy.key, cursor["start"], cursor["end"], found_path)
+            policy.ring.release(value)
+            policy.records_recovered += 1
+        elif action == "truncate":
+            log.warning("policy %s: %s ends with part of the batch in flight at a crash; cutting it at byte %d "
+                        "and writing the batch again", policy.key, found_path, value)
+            with open(found_path, "r+b") as partial:
+                partial.truncate(value)
+        elif action == "reread":
+            log.warning("policy %s: the batch in flight at a crash is not in %s; writing it again",
+                        policy.key, policy.sink.path)
 
     def set_error(self, policy, message):
         if message != policy.error:
@@ -412,49 +750,83 @@ class Agent(object):
         if policy.sink is not None:
             policy.sink.close()
             policy.sink = None
+        if policy.cursor is not None:
+            policy.cursor.close()
 
     def forget(self, policy):
-        self.drain_policy(policy, FINAL_DRAIN_RECORDS)
+        self.drain_policy(policy, FINAL_DRAIN_BYTES)
         self.close_ring(policy)
         self.close_sink(policy)
 
     # the data path
 
     def drain_policy(self, policy, budget):
-        ring = policy.ring
-        if ring is None or policy.decoder is None:
+        """Write what the policy's ring holds, batch by batch, up to ``budget`` bytes of
+        ring; returns the bytes consumed."""
+        if policy.ring is None or policy.encoder is None:
             return 0
         total = 0
         while total < budget:
-            raw_records = ring.drain(BATCH_RECORDS)
-            if not raw_records:
+            consumed = self.drain_batch(policy)
+            if not consumed:
                 break
-            total += len(raw_records)
-            self.emit(policy, raw_records)
+            total += consumed
         return total
 
-    def emit(self, policy, raw_records):
-        result = policy.decoder.decode_batch(raw_records, _records.boot_to_realtime_offset_ns())
-        if result.malformed:
+    def drain_batch(self, policy):
+        ring = policy.ring
+        position, span = ring.peek(SPAN_BYTES)
+        if not span:
+            return 0
+        offset = _records.boot_to_realtime_offset_ns()
+        lines, consumed, malformed = policy.encoder.encode(span, offset)
+        if not consumed:
+            return 0
+        check = ring.copy_at(position, consumed)
+        if check != (span if consumed == len(span) else span[:consumed]):
+            # A record was committed while the span was copied (see RingBuffer.copy_at).
+            lines, consumed, malformed = policy.encoder.encode(check, offset)
+        if malformed:
             if not policy.records_malformed:
                 log.warning("policy %s: malformed records (wrong size or version), counting them", policy.key)
-            policy.records_malformed += result.malformed
-        records = result.records
-        if not records:
-            return
-        encode = self.encoder.encode
-        # ensure_ascii output is pure ASCII: the cheapest bytes conversion.
-        data = ("\n".join([encode(record) for record in records]) + "\n").encode("ascii")
+            policy.records_malformed += malformed
+        end = position + consumed
+        if lines:
+            self.write_batch(policy, lines, position, end)
+        else:
+            ring.release(end)
+        return consumed
+
+    def write_batch(self, policy, lines, start, end):
+        lines.append("")
+        # JSON with ensure_ascii: pure ASCII, the cheapest conversion to bytes.
+        data = "\n".join(lines).encode("ascii")
+        count = len(lines) - 1
+        sink = policy.sink
+        failpoints = self.failpoints
         try:
-            policy.sink.write(data)
+            size_before = sink.current_size()
+            policy.cursor.begin(policy.ring.map_id, start, end, sink.identity, size_before, size_before + len(data))
+            failpoints.hit("after-cursor")
+            if failpoints.name == "mid-write":
+                if failpoints.remaining == 1:
+                    sink.write(data[:len(data) // 2])
+                failpoints.hit("mid-write")
+            sink.write(data)
+            failpoints.hit("after-write")
         except OSError as error:
-            policy.records_lost_user += len(records)
-            self.set_error(policy, "cannot write %s: %s" % (policy.sink.path, error))
-            policy.sink.close()          # reopened (and the error retried) with the next batch
+            policy.records_lost_user += count
+            self.set_error(policy, "cannot write %s: %s" % (sink.path, error))
+            sink.close()          # reopened (and the error retried) with the next batch
+            policy.ring.release(end)
             return
-        policy.records_written += len(records)
+        policy.ring.release(end)
+        failpoints.hit("after-release")
+        if self.syslog is not None and self.syslog.wants(policy.name):
+            self.syslog.send(lines[:-1])
+        policy.records_written += count
         policy.bytes_written += len(data)
-        policy.last_record_time = records[-1]["ts"]
+        policy.last_record_time = _records.LineEncoder.last_ts(lines[:-1])
         if policy.error and policy.error.startswith("cannot write"):
             policy.error = None
 
@@ -476,11 +848,27 @@ class Agent(object):
                     self.set_error(policy, "cannot reopen %s: %s" % (policy.sink.path, error))
         log.info("log files reopened (SIGHUP)")
 
+    def read_kernel(self, policy):
+        """Refresh the kernel's counters of a policy from its pinned maps (best effort: a
+        policy without logging or being replaced may have none)."""
+        maps_dir = os.path.join(self.pin_root, policy.name, "maps")
+        try:
+            with _bpf_syscall.fd_closing(_bpf_syscall.obj_get(os.path.join(maps_dir, "stats"))) as fd:
+                policy.records_emitted_kernel, policy.records_lost_kernel = read_kernel_counters(fd)
+        except (OSError, ValueError):
+            pass
+        try:
+            with _bpf_syscall.fd_closing(_bpf_syscall.obj_get(os.path.join(maps_dir, "rule_stats"))) as fd:
+                policy.rule_counters = read_rule_counters(fd)
+        except (OSError, ValueError):
+            policy.rule_counters = {}
+
     def write_status(self):
         updated_ns = time.time_ns()
         policies = {}
         malformed = 0
         for policy in self.policies.values():
+            self.read_kernel(policy)
             policies[policy.name] = policy.status()
             malformed += policy.records_malformed
         document = {
@@ -494,12 +882,21 @@ class Agent(object):
             # For readers that compute the status age without parsing RFC 3339 (facts).
             "updated_at_unix": round(updated_ns / 1e9, 3),
             "records_malformed": malformed,
+            "textfile": os.path.join(self.textfile_dir, TEXTFILE_NAME) if self.textfile_dir else None,
             "policies": policies,
         }
         try:
             write_json_atomically(self.status_path, document)
         except OSError as error:
             log.warning("cannot write %s: %s", self.status_path, error)
+        if self.textfile_dir:
+            try:
+                write_text_atomically(os.path.join(self.textfile_dir, TEXTFILE_NAME),
+                                      prometheus_text(self, updated_ns))
+            except OSError as error:
+                if not getattr(self, "_textfile_warned", False):
+                    log.warning("cannot write the Prometheus textfile in %s: %s", self.textfile_dir, error)
+                    self._textfile_warned = True
 
     def run(self):
         os.makedirs(self.run_dir, mode=0o755, exist_ok=True)
@@ -519,11 +916,11 @@ class Agent(object):
                 next_rescan = now + self.rescan_interval
             if self.reopen_requested:
                 self.reopen_files()
-            drained = self.drain_all(TURN_RECORDS)
+            drained = self.drain_all(TURN_BYTES)
             if now >= next_status:
                 self.write_status()
                 next_status = now + self.status_interval
-            if drained < TURN_RECORDS:
+            if drained < TURN_BYTES:
                 # The producer wakes us every N records; with BPF_RB_NO_WAKEUP
                 # in between, the timeout is what picks up the rest.
                 self.poller.poll(self.poll_interval)
@@ -623,7 +1020,10 @@ def _set_parent_death_signal():
 
 
 def path_options(options):
-    return ["--state-dir", options.state_dir, "--pin-root", options.pin_root,
+    extra = ["--config", options.config] if options.config else []
+    if options.textfile_dir:
+        extra += ["--textfile-dir", options.textfile_dir]
+    return extra + ["--state-dir", options.state_dir, "--pin-root", options.pin_root,
             "--run-dir", options.run_dir,
             "--poll-interval", str(options.poll_interval),
             "--rescan-interval", str(options.rescan_interval),
@@ -902,25 +1302,69 @@ def command_run(options):
     return Agent(options).run()
 
 
+# Options that the config file may set, with their defaults (command line > file > default).
+CONFIG_DEFAULTS = {
+    "state_dir": DEFAULT_STATE_DIR,
+    "pin_root": DEFAULT_PIN_ROOT,
+    "run_dir": DEFAULT_RUN_DIR,
+    "agent_log": None,
+    "poll_interval": 0.05,
+    "rescan_interval": 2.0,
+    "status_interval": 1.0,
+    "textfile_dir": None,
+    "syslog": None,
+}
+
+
+def load_config(path, required):
+    """The agent's config file (JSON object, keys of CONFIG_DEFAULTS); {} when absent and
+    not asked for explicitly."""
+    try:
+        with open(path, "rb") as config_file:
+            config = json.loads(config_file.read().decode("utf-8"))
+    except FileNotFoundError:
+        if required:
+            raise SystemExit("bpfleet-agent: config file %s does not exist" % path) from None
+        return {}
+    except (OSError, ValueError) as error:
+        raise SystemExit("bpfleet-agent: cannot read config file %s: %s" % (path, error)) from error
+    if not isinstance(config, dict):
+        raise SystemExit("bpfleet-agent: %s: expected a JSON object" % path)
+    unknown = sorted(set(config) - set(CONFIG_DEFAULTS))
+    if unknown:
+        raise SystemExit("bpfleet-agent: %s: unknown keys %s (known: %s)"
+                         % (path, ", ".join(unknown), ", ".join(sorted(CONFIG_DEFAULTS))))
+    return config
+
+
 def parse_arguments(argv):
     parser = argparse.ArgumentParser(
         prog="bpfleet-agent",
         description="Drain bpfleet ring buffers into JSON lines logs.")
     parser.add_argument("--version", action="version", version="bpfleet-agent " + AGENT_VERSION)
     parser.add_argument("command", choices=("run", "start", "stop", "restart", "status"))
-    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="policies' state.json (%(default)s/<policy>/)")
-    parser.add_argument("--pin-root", default=DEFAULT_PIN_ROOT, help="bpffs pins (%(default)s/<policy>/maps/events)")
-    parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="pid, lock and status files (%(default)s)")
-    parser.add_argument("--agent-log", default=None,
+    parser.add_argument("--config", default=None,
+                        help="JSON config file (default %s when it exists); options given here win" % DEFAULT_CONFIG)
+    parser.add_argument("--state-dir", help="policies' state.json (%s/<policy>/)" % DEFAULT_STATE_DIR)
+    parser.add_argument("--pin-root", help="bpffs pins (%s/<policy>/maps/events)" % DEFAULT_PIN_ROOT)
+    parser.add_argument("--run-dir", help="pid, lock, status and cursor files (%s)" % DEFAULT_RUN_DIR)
+    parser.add_argument("--agent-log",
                         help="the agent's own messages; default: stderr for run, %s for start" % DEFAULT_AGENT_LOG)
-    parser.add_argument("--poll-interval", type=float, default=0.05,
-                        help="seconds between ring buffer checks without wakeup (%(default)s)")
-    parser.add_argument("--rescan-interval", type=float, default=2.0,
-                        help="seconds between scans of the state directory (%(default)s)")
-    parser.add_argument("--status-interval", type=float, default=1.0,
-                        help="seconds between status file writes (%(default)s)")
+    parser.add_argument("--poll-interval", type=float,
+                        help="seconds between ring buffer checks without wakeup (0.05)")
+    parser.add_argument("--rescan-interval", type=float,
+                        help="seconds between scans of the state directory (2)")
+    parser.add_argument("--status-interval", type=float,
+                        help="seconds between status and metrics file writes (1)")
+    parser.add_argument("--textfile-dir",
+                        help="write bpfleet.prom there for node_exporter's textfile collector (off by default)")
     parser.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    options = parser.parse_args(argv)
+    config = load_config(options.config or DEFAULT_CONFIG, required=options.config is not None)
+    for key, default in CONFIG_DEFAULTS.items():
+        if getattr(options, key, None) is None:
+            setattr(options, key, config.get(key, default))
+    return options
 
 
 def main(argv=None):
