@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -56,6 +57,10 @@ def main(argv: list[str]) -> int:
     if os.geteuid() != 0:
         print("bench: needs root (network namespaces, bpf(2))", file=sys.stderr)
         return 2
+    # Stopped from outside (kill, or ^C of a background job, which ignores SIGINT): still take
+    # the lab fleets down, through the finally clauses.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     mode = "smoke" if args.smoke else "full"
     out = Path(args.out) if args.out else REPO / "tests" / "bench" / "results" / mode
     out.mkdir(parents=True, exist_ok=True)
