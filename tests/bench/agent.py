@@ -50,15 +50,23 @@ def agent_status(fleet: Fleet) -> dict:
             "error": policy.get("error")}
 
 
-def settle(fleet: Fleet, timeout: float = 30.0) -> dict:
-    """Agent status once records_written stopped moving (and a status written after that)."""
+def settle(fleet: Fleet, target: int | None = None, timeout: float = 30.0) -> dict:
+    """Agent status once it wrote `target` records (all the kernel queued), or once
+    records_written stopped moving for three status updates in a row."""
     deadline = time.monotonic() + timeout
     last = agent_status(fleet)
+    still = 0
     while time.monotonic() < deadline:
+        if target is not None and last["written"] + last["lost_user"] >= target:
+            return last
         time.sleep(1.0)
         now = agent_status(fleet)
         if now["written"] == last["written"] and now["updated"] > last["updated"]:
-            return now
+            still += 1
+            if still >= (3 if target is not None else 1):
+                return now
+        else:
+            still = 0
         last = now
     return last
 
@@ -118,8 +126,10 @@ def run_all(fleet: Fleet, workdir, smoke: bool, external: str = "") -> dict:
         before_k, before_a = kernel_counters(fleet), settle(fleet)
         cpu_before = process_cpu_seconds(before_a["pid"])
         report = send(fleet, rate, seconds)
-        after_a = settle(fleet)
+        time.sleep(0.2)
         after_k = kernel_counters(fleet)
+        queued = after_k["records_emitted"] - before_k["records_emitted"]
+        after_a = settle(fleet, target=before_a["written"] + before_a["lost_user"] + queued)
         if after_a["pid"] != before_a["pid"]:
             raise BenchError(f"the agent restarted during the step at {rate}/s (pid {before_a['pid']} -> "
                              f"{after_a['pid']})")

@@ -115,7 +115,7 @@ def run_section(section, fleet, workdir, args, deadline):
         import filters
 
         only = [f for f in args.filters.split(",") if f] or None
-        return filters.run_all(fleet, workdir, smoke, repeats=1 if smoke else 3, seconds=0.5 if smoke else 1.5,
+        return filters.run_all(fleet, workdir, smoke, repeats=1 if smoke else 3, seconds=0.5 if smoke else 1.2,
                                deadline=deadline - 30, only=only)
     if section == "cost":
         import cost
