@@ -127,6 +127,7 @@ class Edit:
             if self.state == "present":
                 self.upsert[map_name] = maps.Upsert(key for key in wanted if key not in live)
                 self.upsert[map_name].value = packed.value()
+                self.upsert[map_name].ordered = True
                 limit = self.live[map_name][1]
                 if len(live) + len(self.upsert[map_name]) > limit:
                     raise BlocklistFailure(

@@ -17,6 +17,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import heapq
 import json
 import os
 
@@ -106,5 +107,8 @@ def overlay(policy_keys, edits_of_map):
     added = set(key for key in edits_of_map["added"] if key not in policy_set)
     removed = set(key for key in edits_of_map["removed"] if key in policy_set)
     desired = [key for key in policy_keys if key not in removed] if removed else list(policy_keys)
-    desired.extend(sorted(added))
+    if added:
+        # Keep address order: the kernel inserts sorted keys faster, and samples come first.
+        order = _packing.key_order
+        desired = list(heapq.merge(desired, sorted(added, key=order), key=order))
     return desired, {"added": added, "removed": removed}

@@ -147,6 +147,11 @@ def lpm_key(version, network, length):
     return _U32.pack(length) + network.to_bytes(address_bytes(version), "big")
 
 
+def key_order(key):
+    """Sort key of an LPM key: address, then prefix length (stored in host order before it)."""
+    return bytes(key[4:]), _U32.unpack_from(key)[0]
+
+
 def key_parts(key):
     """(network address int, prefix length) of an LPM key."""
     return int.from_bytes(bytes(key[4:]), "big"), _U32.unpack_from(key)[0]

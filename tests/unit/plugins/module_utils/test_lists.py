@@ -230,3 +230,17 @@ def test_write_order_never_opens_a_gap_for_the_lists():
     steps = [(name, bool(upsert), bool(remove)) for name, upsert, remove in _maps.write_order(deltas)]
     assert steps == [("allow_v4", True, False), ("deny_v4", False, True), ("deny_v4", True, False),
                      ("allow_v4", False, True)]
+
+
+def test_upserts_keep_address_order_for_the_kernel_and_the_sample():
+    value = _maps.encode_value(1)
+    desired = keys("10.0.0.0/8", "10.0.0.0/16", "10.1.0.0/16", "11.0.0.0/8", "200.0.0.0/8")
+    live = (keys("10.1.0.0/16"), value)
+    upsert, remove = _maps.delta(live, desired, value)
+    assert upsert.ordered and [_maps.decode_lpm_key(k) for k in upsert] == [
+        "10.0.0.0/8", "10.0.0.0/16", "11.0.0.0/8", "200.0.0.0/8"]
+    assert _maps.sample_texts(upsert, 2) == ["10.0.0.0/8", "10.0.0.0/16"]
+    assert remove == []
+    merged, _pruned = _live_edits.overlay(keys("10.0.0.0/8", "12.0.0.0/8"),
+                                          {"added": set(keys("11.0.0.0/8", "9.0.0.0/8")), "removed": set()})
+    assert [_maps.decode_lpm_key(k) for k in merged] == ["9.0.0.0/8", "10.0.0.0/8", "11.0.0.0/8", "12.0.0.0/8"]
