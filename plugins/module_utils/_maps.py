@@ -109,6 +109,19 @@ def delta(live, desired, value=None):
     return upsert, remove
 
 
+def apply_delta(fd, upsert, remove):
+    if upsert:
+        if isinstance(upsert, Upsert):
+            key_size = len(upsert[0])
+            bpf.map_update_batch_packed(fd, b"".join(upsert), upsert.value * len(upsert), key_size,
+                                        len(upsert.value))
+        else:
+            keys = list(upsert)
+            bpf.map_update_batch(fd, keys, [upsert[k] for k in keys])
+    if remove:
+        bpf.map_delete_batch(fd, remove)
+
+
 def write_order(map_deltas):
     """[(map name, upsert, remove)] in the order that never drops a source neither the old nor
     the new lists drop: new allow entries first, then deny removals, deny additions, and the

@@ -244,3 +244,10 @@ def test_upserts_keep_address_order_for_the_kernel_and_the_sample():
     merged, _pruned = _live_edits.overlay(keys("10.0.0.0/8", "12.0.0.0/8"),
                                           {"added": set(keys("11.0.0.0/8", "9.0.0.0/8")), "removed": set()})
     assert [_maps.decode_lpm_key(k) for k in merged] == ["9.0.0.0/8", "10.0.0.0/8", "11.0.0.0/8", "12.0.0.0/8"]
+
+
+def test_the_host_modules_find_every_helper_they_call():
+    """A renamed or lost helper fails here, not on a host in the middle of a rollout."""
+    for name in ("apply_delta", "delta", "live_keys", "live_entries", "write_order", "sample_texts",
+                 "describe_delta", "open_pinned", "decode_lpm_key"):
+        assert callable(getattr(_maps, name)), name
