@@ -15,7 +15,7 @@ description:
     the last good policy when it expires. This module confirms the change, so the timer ends without doing anything.
   - That this module reaches the host at all is part of the proof, so run it over the same connection path the change
     could have cut.
-  - Nothing to confirm is not an error (RV(changed=false)); with O(require_pending=true) it is, for example when the
+  - Nothing to confirm is not an error (C(changed=false)); with O(require_pending=true) it is, for example when the
     timer already rolled the change back.
 author:
   - bpfleet contributors (@bpfleet)
