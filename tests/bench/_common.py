@@ -6,10 +6,8 @@ inside their namespaces, playbooks over real SSH. Nothing is simulated.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -91,23 +89,22 @@ def machine() -> dict:
 # --- deny lists ------------------------------------------------------------------------------
 
 MAX_LIST = 1000000
+_FIRST_BLOCK, _BLOCKS = 0x010000, 0x7F0000 - 0x010000   # the /24s of 1.0.0.0-126.255.255.255
+_STRIDE = 5000011   # coprime with _BLOCKS (2**17 * 3**2 * 7): i -> block is a permutation
 
 
-@functools.lru_cache(maxsize=1)
-def _all_prefixes() -> tuple:
-    rng = random.Random(7)
-    blocks = rng.sample(range(0x010000, 0x7F0000), MAX_LIST - 1)
-    prefixes = []
-    for index, block in enumerate(blocks):
-        base = block << 8
-        kind = index % 4
-        if kind == 0:
-            prefixes.append((base, 24))
-        elif kind == 1:
-            prefixes.append((base + (rng.randrange(16) << 4), 28))
-        else:
-            prefixes.append((base + rng.randrange(1, 255), 32))
-    return tuple(f"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}/{p}" for a, p in prefixes)
+def _prefix(index: int) -> str:
+    """The index-th prefix of the fixed sequence: distinct /24 blocks scattered over the range."""
+    block = _FIRST_BLOCK + (index * _STRIDE + 12345) % _BLOCKS
+    mix = (index * 2654435761) & 0xFFFFFFFF
+    kind = index % 4
+    if kind == 0:
+        address, length = block << 8, 24
+    elif kind == 1:
+        address, length = (block << 8) + ((mix >> 8) & 15) * 16, 28
+    else:
+        address, length = (block << 8) + 1 + (mix >> 12) % 254, 32
+    return f"{address >> 24}.{(address >> 16) & 255}.{(address >> 8) & 255}.{address & 255}/{length}"
 
 
 def deny_list(size: int, denied: str) -> list[str]:
@@ -120,7 +117,7 @@ def deny_list(size: int, denied: str) -> list[str]:
     """
     if not 1 <= size <= MAX_LIST:
         raise ValueError(f"list size {size} not within 1..{MAX_LIST}")
-    return list(_all_prefixes()[:size - 1]) + [f"{denied}/32"]
+    return [_prefix(index) for index in range(size - 1)] + [f"{denied}/32"]
 
 
 # --- lab fleets ------------------------------------------------------------------------------

@@ -10,8 +10,12 @@ few seconds per step, then, when the agent has caught up, the step counts:
   lost         emitted + lost kernel - written
 and the agent process's CPU time (utime + stime) over the step.
 
-`--agent-bench CMD` (or BPFLEET_AGENT_BENCH) runs a measuring script of the agent's own
-instead and keeps the one JSON object it prints, so the harness can follow a rewritten agent.
+Then the agent alone at higher rates with the agent's own measuring script,
+tests/bench/agent_throughput.py: a tc program fed by BPF_PROG_TEST_RUN in 1 ms ticks fills a
+real ring buffer at the offered rate (up to millions of records/s, more than any lab sender
+reaches through tc) while the real agent drains it; its JSON report per rate is kept.
+`--agent-bench CMD` (or BPFLEET_AGENT_BENCH) runs another such script instead, and keeps
+the one JSON object it prints per run, so the harness can follow a rewritten agent.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ POLICY_NAME = "bench-log"
 SINK = "/var/log/bpfleet/bench-log.jsonl"
 FULL_RATES = [25000, 50000, 100000, 200000, 400000, None]  # None: unpaced (XDP live frames)
 SMOKE_RATES = [20000]
+SCRIPT = HERE / "agent_throughput.py"
+SCRIPT_RATES, SMOKE_SCRIPT_RATES = [250000, 500000, 1000000, 1500000, 2000000], [100000]
 
 
 def kernel_counters(fleet: Fleet) -> dict:
@@ -44,15 +50,23 @@ def agent_status(fleet: Fleet) -> dict:
             "error": policy.get("error")}
 
 
-def settle(fleet: Fleet, timeout: float = 30.0) -> dict:
-    """Agent status once records_written stopped moving (and a status written after that)."""
+def settle(fleet: Fleet, target: int | None = None, timeout: float = 30.0) -> dict:
+    """Agent status once it wrote `target` records (all the kernel queued), or once
+    records_written stopped moving for three status updates in a row."""
     deadline = time.monotonic() + timeout
     last = agent_status(fleet)
+    still = 0
     while time.monotonic() < deadline:
+        if target is not None and last["written"] + last["lost_user"] >= target:
+            return last
         time.sleep(1.0)
         now = agent_status(fleet)
         if now["written"] == last["written"] and now["updated"] > last["updated"]:
-            return now
+            still += 1
+            if still >= (3 if target is not None else 1):
+                return now
+        else:
+            still = 0
         last = now
     return last
 
@@ -65,12 +79,33 @@ def send(fleet: Fleet, rate: int | None, seconds: float) -> dict:
     return blast.parse_report(run(["taskset", "-c", "0", *argv], timeout=seconds + 60).stdout)
 
 
+def agent_alone(smoke: bool, external: str = "") -> list:
+    """The agent's own measuring script at each rate; its JSON report per run."""
+    reports = []
+    for rate in (SMOKE_SCRIPT_RATES if smoke else SCRIPT_RATES):
+        if external:
+            argv = shlex.split(external.replace("{rate}", str(rate)))
+        else:
+            argv = ["/usr/bin/python3", SCRIPT, "--rate", str(rate), "--seconds", "1" if smoke else "4", "--json"]
+        result = run(argv, timeout=900, check=False)
+        lines = result.stdout.strip().splitlines()
+        try:
+            report = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            report = {"error": (result.stderr or result.stdout)[-1000:]}
+        report.setdefault("rate_offered", rate)
+        reports.append(report)
+        log(f"  agent alone, offered {rate:>10,}/s: written {report.get('records_per_s_written', 0):>10,}/s, "
+            f"lost kernel {report.get('lost_kernel')}, lost agent {report.get('lost_agent')}, "
+            f"CPU {report.get('agent_cpu_percent_of_one_core')} % of a core")
+    return reports
+
+
 def run_all(fleet: Fleet, workdir, smoke: bool, external: str = "") -> dict:
-    if external:
-        log(f"  external agent benchmark: {external}")
-        result = run(shlex.split(external), timeout=900)
-        return {"external": external, "report": json.loads(result.stdout.strip().splitlines()[-1]),
-                "method": "Measured by the agent's own script (see its documentation)."}
+    alone = agent_alone(smoke, external) if (external or SCRIPT.exists()) else []
+    zero_alone = [r["rate_offered"] for r in alone
+                  if r.get("emitted") and r.get("lost_kernel") == 0 and r.get("lost_agent") == 0
+                  and r.get("unaccounted") == 0]
     filters.ensure_link(fleet)
     policy = {"name": POLICY_NAME, "interfaces": [filters.IFACE], "xdp_mode": "native",
               "log": {"directions": ["ingress"], "sink": {"file": SINK}}}
@@ -91,8 +126,10 @@ def run_all(fleet: Fleet, workdir, smoke: bool, external: str = "") -> dict:
         before_k, before_a = kernel_counters(fleet), settle(fleet)
         cpu_before = process_cpu_seconds(before_a["pid"])
         report = send(fleet, rate, seconds)
-        after_a = settle(fleet)
+        time.sleep(0.2)
         after_k = kernel_counters(fleet)
+        queued = after_k["records_emitted"] - before_k["records_emitted"]
+        after_a = settle(fleet, target=before_a["written"] + before_a["lost_user"] + queued)
         if after_a["pid"] != before_a["pid"]:
             raise BenchError(f"the agent restarted during the step at {rate}/s (pid {before_a['pid']} -> "
                              f"{after_a['pid']})")
@@ -113,7 +150,9 @@ def run_all(fleet: Fleet, workdir, smoke: bool, external: str = "") -> dict:
     fleet.playbook([{"name": "bench log off", "hosts": "h2", "tasks": [
         {"name": "remove", "bpfleet.core.policy": {"name": POLICY_NAME, "state": "absent"}}]}])
     zero = [s["offered_rate"] for s in steps if s["lost"] == 0 and s["paced"]]
-    return {"steps": steps, "zero_loss_rate": max(zero) if zero else None,
+    return {"steps": steps, "zero_loss_rate": max(zero) if zero else None, "alone": alone,
+            "alone_zero_loss_rate": max(zero_alone) if zero_alone else None,
+            "external": external or None,
             "method": "Paced UDP from h1 into h2's bench0 (AF_PACKET, then unpaced XDP live frames); every "
-                      f"packet logged at tc ingress; {seconds:.0f} s per step; main's agent (Python, stdlib) "
+                      f"packet logged at tc ingress; {seconds:.0f} s per step; the agent of this checkout "
                       "as the host role installs it."}

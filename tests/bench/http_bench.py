@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import filters
 import yaml
@@ -51,6 +52,16 @@ def wrk(fleet: Fleet, seconds: float) -> dict:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     return {"rps": rps, "p99_ms": float(p99.group(1)) * UNITS[p99.group(2)] if p99 else None,
             "errors": errors.group(0) if errors else None}
+
+
+def http_records(fleet: Fleet) -> int:
+    """HTTP request records in the last MiB of the bench log on h2 (proof that capture was on)."""
+    path = Path(f"/tmp/bpfleet-lab/{fleet.name}/h2/log/bpfleet/bench-http.jsonl")
+    if not path.exists():
+        return 0
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - (1 << 20)))
+        return len(re.findall(rb'"method": ?"GET"', handle.read()))
 
 
 def apply(fleet: Fleet, workdir, log_section) -> None:
@@ -100,6 +111,10 @@ def run_all(fleet: Fleet, workdir, smoke: bool) -> dict:
             samples = [wrk(fleet, seconds) for _ in range(repeats)]
             row = {"config": name, "samples": samples, "rps": summary([s["rps"] for s in samples]),
                    "p99_ms": summary([s["p99_ms"] for s in samples if s["p99_ms"] is not None])}
+            if section and section.get("http"):
+                row["http_records_seen"] = http_records(fleet)
+                if not row["http_records_seen"]:
+                    raise BenchError("log.http was on but the log holds no HTTP request record")
             rows.append(row)
             log(f"  {name:40} {row['rps']['median']:>10,.0f} req/s  p99 {row['p99_ms'].get('median', 0):.2f} ms")
         apply(fleet, workdir, None)

@@ -25,12 +25,12 @@ def fmt(value, digits=0):
 
 
 def med(entry, key):
-    stats = entry.get(key) or {}
+    stats = (entry or {}).get(key) or {}
     return stats.get("median")
 
 
 def mn(entry, key):
-    stats = entry.get(key) or {}
+    stats = (entry or {}).get(key) or {}
     return stats.get("min")
 
 
@@ -76,22 +76,6 @@ def filter_tables(results) -> str:
     runs = section.get("runs", [])
     sizes = sorted({e["size"] for e in runs if e["size"]})
     out = ["### Filter throughput (64-byte UDP, veth into a lab host)\n"]
-    for source, key, title in (("denied", "drop_pps", "Denied source: packets dropped per second"),
-                               ("allowed", "rx_pps", "Allowed source: packets received per second")):
-        out.append(f"**{title}** (median of runs; min in brackets)\n")
-        out.append("| filter | " + " | ".join(f"{s:,}" for s in sizes) + " |")
-        out.append("|---|" + "---:|" * len(sizes))
-        base = find_run(results, "none", 0, source)
-        if base:
-            out.append(f"| no filter | {fmt(med(base, key))} ({fmt(mn(base, key))}) |" + " |" * (len(sizes) - 1))
-        for name in FILTER_ORDER[1:]:
-            cells = []
-            for size in sizes:
-                entry = find_run(results, name, size, source)
-                cells.append(f"{fmt(med(entry, key))} ({fmt(mn(entry, key))})" if entry else "n/a")
-            if any(c != "n/a" for c in cells):
-                out.append(f"| {name} | " + " | ".join(cells) + " |")
-        out.append("")
     out.append("**Receiver capacity: packets per CPU-second of the receiving NAPI thread** "
                "(denied / allowed source, median)\n")
     out.append("| filter | " + " | ".join(f"{s:,}" for s in sizes) + " |")
@@ -109,6 +93,38 @@ def filter_tables(results) -> str:
         if any(c != "n/a" for c in cells):
             out.append(f"| {name} | " + " | ".join(cells) + " |")
     out.append("")
+    out.append("**bpfleet's capacity relative to each filter** (denied / allowed source; above 1 means "
+               "bpfleet handles more packets per CPU-second)\n")
+    out.append("| filter | " + " | ".join(f"{s:,}" for s in sizes) + " |")
+    out.append("|---|" + "---:|" * len(sizes))
+    for name in FILTER_ORDER[2:]:
+        cells = []
+        for size in sizes:
+            pair = []
+            for source in ("denied", "allowed"):
+                mine, other = find_run(results, "bpfleet", size, source), find_run(results, name, size, source)
+                mine_v, other_v = med(mine, "capacity_pps_per_core"), med(other, "capacity_pps_per_core")
+                pair.append(f"{mine_v / other_v:.2f}x" if mine_v and other_v else None)
+            cells.append(" / ".join(pair) if all(pair) else "n/a")
+        if any(c != "n/a" for c in cells):
+            out.append(f"| vs {name} | " + " | ".join(cells) + " |")
+    out.append("")
+    for source, key, title in (("denied", "drop_pps", "Denied source: packets dropped per second"),
+                               ("allowed", "rx_pps", "Allowed source: packets received per second")):
+        out.append(f"**{title}** (median of runs; min in brackets)\n")
+        out.append("| filter | " + " | ".join(f"{s:,}" for s in sizes) + " |")
+        out.append("|---|" + "---:|" * len(sizes))
+        base = find_run(results, "none", 0, source)
+        if base:
+            out.append(f"| no filter | {fmt(med(base, key))} ({fmt(mn(base, key))}) |" + " |" * (len(sizes) - 1))
+        for name in FILTER_ORDER[1:]:
+            cells = []
+            for size in sizes:
+                entry = find_run(results, name, size, source)
+                cells.append(f"{fmt(med(entry, key))} ({fmt(mn(entry, key))})" if entry else "n/a")
+            if any(c != "n/a" for c in cells):
+                out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("")
     loads = section.get("loads", [])
     if loads:
         out.append("**Load time of the list (s)**\n")
@@ -154,9 +170,28 @@ def agent_table(section) -> str:
                    f"{fmt(row['written_per_s'])} | {fmt(100 * row['agent_cpu_cores'], 0)} % |")
     out.append("")
     if section.get("zero_loss_rate") is not None:
-        out.append(f"Highest offered rate with zero loss: **{fmt(section['zero_loss_rate'])} records/s**.\n")
-    if section.get("external"):
-        out.append(f"External agent benchmark: `{section['external']}`\n")
+        out.append(f"Highest offered rate with zero loss, end to end: **{fmt(section['zero_loss_rate'])} "
+                   "records/s**.\n")
+    if section.get("alone"):
+        out.append("**The agent alone** (`" + (section.get("external") or "tests/bench/agent_throughput.py")
+                   + "`: a real ring buffer filled by BPF_PROG_TEST_RUN at the offered rate, the real agent "
+                   "draining it, every field)\n")
+        out.append("| offered records/s | emitted | lost (kernel) | lost (agent) | unaccounted | written/s | "
+                   "agent CPU (% of a core) |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|")
+        for row in section["alone"]:
+            if "error" in row:
+                out.append(f"| {fmt(row.get('rate_offered'))} | failed: {row['error'].splitlines()[-1][:80]} "
+                           "| | | | | |")
+                continue
+            cpu = row.get("agent_cpu_percent_of_one_core")
+            out.append(f"| {fmt(row.get('rate_offered'))} | {fmt(row.get('emitted'))} | {fmt(row.get('lost_kernel'))}"
+                       f" | {fmt(row.get('lost_agent'))} | {fmt(row.get('unaccounted'))} | "
+                       f"{fmt(row.get('records_per_s_written'))} | {fmt(cpu, 1)} |")
+        out.append("")
+        if section.get("alone_zero_loss_rate") is not None:
+            out.append(f"Highest offered rate with zero loss, agent alone: "
+                       f"**{fmt(section['alone_zero_loss_rate'])} records/s**.\n")
     return "\n".join(out)
 
 
@@ -206,10 +241,11 @@ def targets(results):
     base = find_run(results, "none", 0, "allowed")
     for size in (100000, 1000000):
         bpa = find_run(results, "bpfleet", size, "allowed")
-        if base and bpa and med(base, "rx_pps"):
-            ratio = med(bpa, "rx_pps") / med(base, "rx_pps")
-            rows.append((f"allowed traffic at {size:,} prefixes >= 90 % of no filter",
-                         f"{fmt(100 * ratio, 1)} %", "yes" if ratio >= 0.9 else "no"))
+        for key, label in (("rx_pps", "received pps"), ("capacity_pps_per_core", "capacity per CPU")):
+            if base and bpa and med(base, key) and med(bpa, key):
+                ratio = med(bpa, key) / med(base, key)
+                rows.append((f"allowed traffic at {size:,} prefixes >= 90 % of no filter ({label})",
+                             f"{fmt(100 * ratio, 1)} %", "yes" if ratio >= 0.9 else "no"))
     cost = (results.get("sections") or {}).get("cost") or {}
     if cost.get("logging_over_pass") is not None:
         value = cost["logging_over_pass"]
@@ -221,34 +257,40 @@ def targets(results):
         rows.append(("HTTP logging < 3 % of nginx requests/s", f"{fmt(100 * http['http_overhead'], 1)} % fewer",
                      "yes" if http["http_overhead"] < 0.03 else "no"))
     agent = (results.get("sections") or {}).get("agent") or {}
+    if agent.get("alone"):
+        best = agent.get("alone_zero_loss_rate") or 0
+        rows.append(("agent 1 M records/s with zero loss (agent alone)",
+                     f"zero loss up to {fmt(best)} records/s offered", "yes" if best >= 1000000 else "no"))
     if agent.get("steps"):
         best = agent.get("zero_loss_rate") or 0
-        rows.append(("agent 1 M records/s with zero loss", f"zero loss up to {fmt(best)} records/s offered",
+        rows.append(("agent 1 M records/s with zero loss (end to end through tc)",
+                     f"zero loss up to {fmt(best)} records/s offered (the highest paced rate tried)",
                      "yes" if best >= 1000000 else "no"))
     return rows
 
 
 def throughput_svg(results) -> str | None:
-    """Line chart: received (allowed) and dropped (denied) pps against list size, per filter."""
+    """Line chart per source (denied, allowed): packets per CPU-second of the receiver (log
+    scale) against list size (log scale), one line per filter, no filter as a dashed line."""
     runs = filter_runs(results)
     sizes = sorted({e["size"] for e in runs if e["size"]})
     if not sizes:
         return None
-    panels = (("denied", "drop_pps", "Denied source: dropped packets/s"),
-              ("allowed", "rx_pps", "Allowed source: received packets/s"))
-    width, height, margin = 460, 320, 62
-    values = [med(e, key) or 0 for e in runs for _s, key, _t in panels]
-    top = max(values + [1]) * 1.1
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * width}" height="{height + 40}" '
+    key = "capacity_pps_per_core"
+    panels = (("denied", "Denied source: packets dropped per CPU-second"),
+              ("allowed", "Allowed source: packets passed per CPU-second"))
+    width, height, margin = 460, 330, 62
+    values = [med(e, key) for e in runs if med(e, key)]
+    low = 10 ** math.floor(math.log10(min(values + [1e5])))
+    high = 10 ** math.ceil(math.log10(max(values + [1e6])))
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * width}" height="{height + 44}" '
            f'font-family="sans-serif" font-size="11">',
-           f'<rect width="{2 * width}" height="{height + 40}" fill="white"/>']
-    for index, (source, key, title) in enumerate(panels):
+           f'<rect width="{2 * width}" height="{height + 44}" fill="white"/>']
+    for index, (source, title) in enumerate(panels):
         x0 = index * width
-        left, right, top_y, bottom = x0 + margin, x0 + width - 12, 28, height - 30
+        left, right, top_y, bottom = x0 + margin, x0 + width - 34, 28, height - 30
         svg.append(f'<text x="{x0 + width / 2}" y="16" text-anchor="middle" font-weight="bold">'
                    f'{html.escape(title)}</text>')
-        svg.append(f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="black"/>')
-        svg.append(f'<line x1="{left}" y1="{top_y}" x2="{left}" y2="{bottom}" stroke="black"/>')
 
         def xpos(size, left=left, right=right):
             if len(sizes) == 1:
@@ -257,25 +299,31 @@ def throughput_svg(results) -> str | None:
                 math.log10(sizes[-1]) - math.log10(sizes[0]))
 
         def ypos(value, top_y=top_y, bottom=bottom):
-            return bottom - (bottom - top_y) * value / top
+            value = max(value, low)
+            return bottom - (bottom - top_y) * (math.log10(value) - math.log10(low)) / (
+                math.log10(high) - math.log10(low))
 
+        decade = low
+        while decade <= high:
+            y = ypos(decade)
+            label = f"{decade / 1e6:g}M" if decade >= 1e6 else f"{decade / 1e3:g}k"
+            svg.append(f'<line x1="{left - 3}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#e0e0e0"/>')
+            svg.append(f'<text x="{left - 5}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
+            decade *= 10
+        svg.append(f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="black"/>')
+        svg.append(f'<line x1="{left}" y1="{top_y}" x2="{left}" y2="{bottom}" stroke="black"/>')
         for size in sizes:
             svg.append(f'<text x="{xpos(size):.1f}" y="{bottom + 14}" text-anchor="middle">{size:,}</text>')
         svg.append(f'<text x="{(left + right) / 2}" y="{bottom + 27}" text-anchor="middle">deny-list entries '
                    '(log scale)</text>')
-        for step in range(6):
-            value = top * step / 5
-            y = ypos(value)
-            svg.append(f'<line x1="{left - 3}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#e0e0e0"/>')
-            svg.append(f'<text x="{left - 5}" y="{y + 4:.1f}" text-anchor="end">{value / 1e6:.2f}M</text>')
         base = find_run(results, "none", 0, source)
-        if base and med(base, key) is not None:
+        if base and med(base, key):
             y = ypos(med(base, key))
             svg.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="{COLORS["none"]}" '
                        'stroke-dasharray="5,4"/>')
         for name in FILTER_ORDER[1:]:
-            points = [(xpos(e["size"]), ypos(med(e, key) or 0)) for e in sorted(runs, key=lambda r: r["size"])
-                      if e["filter"] == name and e["source"] == source]
+            points = [(xpos(e["size"]), ypos(med(e, key))) for e in sorted(runs, key=lambda r: r["size"])
+                      if e["filter"] == name and e["source"] == source and med(e, key)]
             if not points:
                 continue
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
@@ -285,9 +333,11 @@ def throughput_svg(results) -> str | None:
     legend_x = 20
     for name in FILTER_ORDER:
         label = "no filter (dashed)" if name == "none" else name
-        svg.append(f'<rect x="{legend_x}" y="{height + 18}" width="12" height="12" fill="{COLORS[name]}"/>')
-        svg.append(f'<text x="{legend_x + 16}" y="{height + 28}">{html.escape(label)}</text>')
+        svg.append(f'<rect x="{legend_x}" y="{height + 14}" width="12" height="12" fill="{COLORS[name]}"/>')
+        svg.append(f'<text x="{legend_x + 16}" y="{height + 24}">{html.escape(label)}</text>')
         legend_x += 30 + 7 * len(label)
+    svg.append(f'<text x="20" y="{height + 40}" fill="#555">Median of runs; one CPU of a shared 2-core VM; '
+               'y: packets per CPU-second of the receiving thread (log scale).</text>')
     svg.append("</svg>")
     return "\n".join(svg) + "\n"
 

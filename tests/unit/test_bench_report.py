@@ -60,7 +60,8 @@ def test_the_chart_is_svg_with_a_line_per_filter_and_source():
 def test_targets_compare_with_nftables_and_no_filter():
     rows = dict((target, (measured, met)) for target, measured, met in report.targets(RESULTS))
     assert rows["drop rate at 100k prefixes >= 4x nftables"] == ("3,000,000 vs 1,000,000: 3.00x", "no")
-    assert rows["allowed traffic at 100,000 prefixes >= 90 % of no filter"] == ("92.0 %", "yes")
+    assert rows["allowed traffic at 100,000 prefixes >= 90 % of no filter (received pps)"] == ("92.0 %", "yes")
+    assert rows["allowed traffic at 100,000 prefixes >= 90 % of no filter (capacity per CPU)"] == ("92.0 %", "yes")
     tables = report.tables(RESULTS)
     assert "| bpfleet | 4,000,000 (4,000,000) | 3,000,000 (3,000,000) |" in tables
     assert "| bpfleet | n/a | 12.5 |" in tables
