@@ -40,7 +40,7 @@ BUDGET_S = {"smoke": 240, "full": 19 * 60}
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tests/bench/run.sh", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="tests/bench/run.sh", description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--smoke", action="store_true", help="short runs that prove each benchmark works")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections (default: all)")
     parser.add_argument("--filters", default="", help="comma-separated filters for the filter section")
