@@ -186,7 +186,7 @@ stage_integration() {
 
 # Molecule scenarios run in this order; each one brings up and destroys its own fleet.
 #   BPFLEET_MOLECULE_SCENARIOS="default" bash scripts/test.sh    # a subset
-MOLECULE_SCENARIOS=(default systemd)
+MOLECULE_SCENARIOS=(default systemd rollout)
 stage_molecule() {
   local scenarios=() s failed=0
   read -r -a scenarios <<<"${BPFLEET_MOLECULE_SCENARIOS:-${MOLECULE_SCENARIOS[*]}}"

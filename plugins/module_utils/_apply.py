@@ -263,9 +263,7 @@ class PolicyHost:
         if plan.compile:
             new_pins = compile_and_pin(self.rendered["source"], self.rendered["programs"], pin_dir, NEXT_SUFFIX)
 
-        for map_name, (upsert, remove) in sorted(plan.map_deltas.items()):
-            if not (upsert or remove):
-                continue
+        for map_name, upsert, remove in maps.write_order(plan.map_deltas):
             fd = bpf.obj_get(paths.map_pin(self.name, map_name))
             try:
                 maps.apply_delta(fd, upsert, remove)

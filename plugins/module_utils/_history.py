@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 import uuid
 
@@ -180,16 +179,26 @@ def _pin_good(name, pins):
             os.unlink(os.path.join(pin_dir, entry))
 
 
+def _applied_id(rendered):
+    return "%s %s\n" % (rendered["source_digest"], rendered["maps_digest"])
+
+
 def after_apply(name, rendered):
-    """Record the rendered policy now applied (the C source is in program.c already)."""
+    """Record the rendered policy now applied (the C source is in program.c already).
+
+    applied.json holds every list entry (it can be tens of MB): a small id file next to it
+    saves reading it back on every unchanged run.
+    """
+    id_file = applied_file(name) + ".id"
+    if paths.read_text(id_file) == _applied_id(rendered) and os.path.exists(applied_file(name)):
+        return
     document = dict(rendered)
     document.pop("source", None)
     # Decoded lists are objects for this run only; the packed transfer form stays, so a
     # rollback re-applies exactly these lists.
     document.pop("_unpacked_lists", None)
-    current = paths.read_json(applied_file(name))
-    if current != document:
-        _write_json(applied_file(name), document)
+    _write_json(applied_file(name), document)
+    paths.write_atomic(id_file, _applied_id(rendered), mode=0o600)
 
 
 def clear_pending(name):
@@ -306,31 +315,24 @@ def rollback(runner, name, compile_and_pin=None, check_mode=False, reason="on de
 
 # ---- commit-confirmed ---------------------------------------------------------------------
 
-class _PlainModule:
-    """Enough of AnsibleModule for CommandRunner, for the timer after the module exited."""
+def arm_confirm(module, name, timeout, source_digest, compile_and_pin=None):
+    """Write pending.json and start the timer that rolls back unless confirmed in time.
 
-    check_mode = False
-
-    @staticmethod
-    def run_command(args):
-        proc = subprocess.run(args, capture_output=True, check=False)
-        return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
-
-
-def arm_confirm(name, timeout, source_digest, compile_and_pin=None):
-    """Write pending.json and start the timer that rolls back unless confirmed in time."""
+    The timer keeps using `module` (its run_command) after the module has answered: it is a
+    copy of this process, so the object is there, only its files are gone.
+    """
     token = uuid.uuid4().hex
     deadline = time.time() + timeout
     document = {"token": token, "timeout_s": timeout, "deadline_unix": round(deadline, 3),
                 "deadline": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline)),
                 "source_digest": source_digest, "armed_at": _apply._now()}
     _write_json(pending_file(name), document)
-    document["timer_pid"] = _spawn_timer(name, token, deadline, compile_and_pin)
+    document["timer_pid"] = _spawn_timer(module, name, token, deadline, compile_and_pin)
     _write_json(pending_file(name), document)
     return document
 
 
-def _spawn_timer(name, token, deadline, compile_and_pin):
+def _spawn_timer(module, name, token, deadline, compile_and_pin):
     """Double fork: the timer must outlive this module and the SSH session that ran it.
 
     Everything it needs is imported already (the module's files are deleted when the module
@@ -363,7 +365,7 @@ def _spawn_timer(name, token, deadline, compile_and_pin):
         os.dup2(log_fd, 2)
         os.closerange(3, 65536)
         os.chdir("/")
-        code = _timer(name, token, deadline, compile_and_pin)
+        code = _timer(module, name, token, deadline, compile_and_pin)
     except BaseException:  # the child must never return into the module's code
         code = 1
     os._exit(code)
@@ -373,7 +375,7 @@ def _log(message):
     os.write(1, ("%s %s\n" % (_apply._now(), message)).encode())
 
 
-def _timer(name, token, deadline, compile_and_pin):
+def _timer(module, name, token, deadline, compile_and_pin):
     _log("confirm timer for %s armed (pid %d), deadline in %.0f s" % (name, os.getpid(), deadline - time.time()))
     while time.time() < deadline:
         current = pending(name)
@@ -386,7 +388,7 @@ def _timer(name, token, deadline, compile_and_pin):
         _log("confirmed or superseded at the deadline; nothing to do")
         return 0
     try:
-        result = rollback(CommandRunner(_PlainModule()), name, compile_and_pin, reason="confirm timeout (%ss) expired" %
+        result = rollback(CommandRunner(module), name, compile_and_pin, reason="confirm timeout (%ss) expired" %
                           current.get("timeout_s"))
     except Exception as exc:  # logged, and recorded where the facts show it
         _log("rollback failed: %s" % exc)

@@ -105,6 +105,22 @@ def apply_delta(fd, upsert, remove):
         bpf.map_delete_batch(fd, remove)
 
 
+def write_order(map_deltas):
+    """[(map name, upsert, remove)] in the order that never drops a source neither the old nor
+    the new lists drop: new allow entries first, then deny removals, deny additions, and the
+    allow removals last (the programs read the maps while they change)."""
+    steps = []
+    empty = []
+    for kind, part in (("allow", "upsert"), ("deny", "remove"), ("deny", "upsert"), ("allow", "remove")):
+        for map_name in sorted(name for name in map_deltas if name.startswith(kind + "_")):
+            upsert, remove = map_deltas[map_name]
+            if part == "upsert" and upsert:
+                steps.append((map_name, upsert, empty))
+            elif part == "remove" and remove:
+                steps.append((map_name, empty, remove))
+    return steps
+
+
 def _key_order(key):
     """Address, then prefix length (the u32 length is stored in host order before the address)."""
     return bytes(key[4:]), struct.unpack_from("=I", key)[0]

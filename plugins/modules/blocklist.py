@@ -14,14 +14,14 @@ description:
   - Edits the deny or allow maps of a policy that M(bpfleet.core.policy) applied on the host, while its programs
     keep running. Nothing is compiled and no program is replaced; the packets of an added source are dropped (or
     passed) from the next packet on.
-  - The entries are validated on the controller by the action plugin of the same name: every bad entry is reported
+  - The entries are validated on the controller by the action plugin of the same name. Every bad entry is reported
     with its path (C(entries[3]) or the list file and line), and nothing reaches a host until all are valid.
   - Each edit is recorded on the host in C(/var/lib/bpfleet/<policy>/live_edits.json). The next
     M(bpfleet.core.policy) run with O(bpfleet.core.policy#module:live_edits=keep) (the default) keeps the edits
     and compiles nothing for them; O(bpfleet.core.policy#module:live_edits=discard) reverts them.
   - An entry already present (O(state=present)) or already absent (O(state=absent)) is left alone, so the task is
     idempotent.
-  - The lockout guard of M(bpfleet.core.policy) applies: adding a deny entry that contains the address the
+  - The lockout guard of M(bpfleet.core.policy) applies. Adding a deny entry that contains the address the
     controller's SSH connection comes from, or removing the allow entry that exempts it, is refused unless
     O(allow_lockout=true).
   - See the collection's C(docs/lists.md).
@@ -63,7 +63,7 @@ options:
     type: path
   state:
     description:
-      - V(present) adds the entries, V(absent) removes them (also entries that came from the policy itself: the
+      - V(present) adds the entries, V(absent) removes them (also entries that came from the policy itself; the
         removal is recorded, so the next policy run does not put them back unless it discards live edits).
     type: str
     choices: [present, absent]
@@ -145,6 +145,11 @@ def _diff(edit):
             "before": "".join(before), "after": "".join(after)}
 
 
+def _without_changed(result):
+    """A failed task changed nothing: keep the findings, drop the would-be `changed`."""
+    return dict((key, value) for key, value in result.items() if key != "changed")
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -182,7 +187,7 @@ def main():
             module.fail_json(msg="lockout guard: this edit would drop the controller's SSH connection from %s (%s); "
                                  "nothing was changed. Leave that address out, or set allow_lockout: true if the "
                                  "controller will reach this host another way." % (address, reason),
-                             **dict(result, changed=False))
+                             **_without_changed(result))
     if module._diff and edit.changed:
         result["diff"] = _diff(edit)
     if edit.changed and not module.check_mode:
@@ -190,7 +195,7 @@ def main():
             edit.apply()
         except OSError as exc:
             module.fail_json(msg="updating the maps of policy %r failed: %s" % (params["policy"], exc),
-                             **dict(result, changed=False))
+                             **_without_changed(result))
     result["live_edits"] = _live_edits.counts(params["policy"])
     module.exit_json(**result)
 

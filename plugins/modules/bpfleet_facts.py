@@ -77,9 +77,10 @@ ansible_facts:
             - Per policy name, C(policy) (name, digests, applied_at), C(attachments) (iface, hook, mode, prog_id,
               tag, expected_prog_id, ok), C(drift) (list of problems, empty when healthy), C(healthy),
               C(counters) (packets_seen, passed, dropped, records_emitted, records_lost, rules per rule name with
-              packets and bytes) and C(log) (state, path, current_file, file_bytes, records_emitted,
+              packets and bytes), C(log) (state, path, current_file, file_bytes, records_emitted,
               records_written, bytes_written, records_lost_kernel, records_lost_user, records_lost,
-              records_recovered, last_record_time, error).
+              records_recovered, last_record_time, error) and C(live_edits) (per list map, how many entries
+              M(bpfleet.core.blocklist) added and removed).
           type: dict
 """
 

@@ -311,7 +311,7 @@ def _confirm(module, rendered):
             _history.record_event(rendered["name"], "confirm", reason="superseded by a change without confirm_timeout")
         return
     compile_fn = _bcc_backend.compile_and_pin if _bcc_backend.HAS_BCC else None
-    _history.arm_confirm(rendered["name"], timeout, rendered["source_digest"], compile_fn)
+    _history.arm_confirm(module, rendered["name"], timeout, rendered["source_digest"], compile_fn)
 
 
 def _present(module, runner, rendered):

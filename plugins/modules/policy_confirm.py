@@ -13,7 +13,7 @@ version_added: 0.2.0
 description:
   - M(bpfleet.core.policy) with O(bpfleet.core.policy#module:confirm_timeout) leaves a timer on the host that restores
     the last good policy when it expires. This module confirms the change, so the timer ends without doing anything.
-  - That this module reaches the host at all is part of the proof: run it over the same connection path the change
+  - That this module reaches the host at all is part of the proof, so run it over the same connection path the change
     could have cut.
   - Nothing to confirm is not an error (RV(changed=false)); with O(require_pending=true) it is, for example when the
     timer already rolled the change back.

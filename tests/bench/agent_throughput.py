@@ -294,7 +294,7 @@ def verify(record_file, runs):
 
 
 def parse_arguments(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--rate", type=int, default=1_000_000, help="records/s offered (%(default)s)")
     parser.add_argument("--seconds", type=float, default=10.0, help="generation time (%(default)s)")
     parser.add_argument("--ring-mb", type=int, default=16, help="ring buffer size in MiB (%(default)s)")

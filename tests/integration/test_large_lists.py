@@ -41,7 +41,7 @@ def write_lists(directory: Path, denied_v4: str, denied_v6: str) -> tuple[Path, 
     rnd.shuffle(v4)
     v6 = set()
     while len(v6) < V6_COUNT - 1:
-        v6.add("2001:db8:f000:%x:%x:%x:%x:0/112" % tuple(rnd.getrandbits(16) for _ in range(4)))
+        v6.add("2001:db8:f000:%x:%x:%x:%x:0/112" % tuple(rnd.getrandbits(16) for _index in range(4)))
     v6 = sorted(v6) + [denied_v6 + "/128"]
     v4_file = directory / "deny-v4.txt"
     v6_file = directory / "deny-v6.txt"

@@ -1024,10 +1024,10 @@ def path_options(options):
     if options.textfile_dir:
         extra += ["--textfile-dir", options.textfile_dir]
     return extra + ["--state-dir", options.state_dir, "--pin-root", options.pin_root,
-            "--run-dir", options.run_dir,
-            "--poll-interval", str(options.poll_interval),
-            "--rescan-interval", str(options.rescan_interval),
-            "--status-interval", str(options.status_interval)]
+                    "--run-dir", options.run_dir,
+                    "--poll-interval", str(options.poll_interval),
+                    "--rescan-interval", str(options.rescan_interval),
+                    "--status-interval", str(options.status_interval)]
 
 
 # --- daemon mode -----------------------------------------------------------------------

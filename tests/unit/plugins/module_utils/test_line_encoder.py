@@ -60,6 +60,7 @@ def make_record(**fields):
         values["payload_len"] = len(payload)
     return _records.RECORD.pack(*values.values()) + payload
 
+
 BUSY = 1 << 31
 DISCARD = 1 << 30
 
@@ -101,7 +102,7 @@ def test_fast_path_lines_equal_decoder_plus_json_for_every_field_set():
     span = b"".join(slot(raw) for raw in raws)
     for fields in FIELD_SETS:
         lines, consumed, malformed = encoder(fields).encode(span, OFFSET_NS)
-        expected, _ = reference(raws, fields)
+        expected = reference(raws, fields)[0]
         assert lines == expected, fields
         assert consumed == len(span)
         assert malformed == 0
@@ -125,7 +126,7 @@ def test_payload_discarded_and_malformed_records_between_fast_ones():
 def test_stops_before_a_busy_record_and_reports_the_bytes_walked():
     first = slot(make_record(pkt_len=1)) + slot(make_record(pkt_len=2))
     span = first + slot(make_record(pkt_len=3), BUSY) + slot(make_record(pkt_len=4))
-    lines, consumed, _ = encoder(["len"]).encode(span, OFFSET_NS)
+    lines, consumed = encoder(["len"]).encode(span, OFFSET_NS)[:2]
     assert [json.loads(line)["len"] for line in lines] == [1, 2]
     assert consumed == len(first)
 
@@ -133,10 +134,10 @@ def test_stops_before_a_busy_record_and_reports_the_bytes_walked():
 def test_a_span_cut_inside_a_record_stops_before_it():
     whole = slot(make_record(pkt_len=1))
     for cut in (1, 7, 8, 50, 95):
-        lines, consumed, _ = encoder(["len"]).encode(whole + slot(make_record(pkt_len=2))[:cut], OFFSET_NS)
+        lines, consumed = encoder(["len"]).encode(whole + slot(make_record(pkt_len=2))[:cut], OFFSET_NS)[:2]
         assert len(lines) == 1 and consumed == len(whole), cut
     payload = slot(make_record(payload=b"GET / HTTP/1.1\r\n\r\n"))
-    lines, consumed, _ = encoder(["len"]).encode(whole + payload[:-9], OFFSET_NS)
+    lines, consumed = encoder(["len"]).encode(whole + payload[:-9], OFFSET_NS)[:2]
     assert (len(lines), consumed) == (1, len(whole))
 
 
@@ -145,7 +146,7 @@ def test_seconds_change_mid_batch_and_between_batches_and_offsets():
     times = [5_999_999_999, 6_000_000_000, 6_000_000_001, 5_000_000_000, 9_500_000_000]
     span = b"".join(slot(make_record(ts_boot_ns=value)) for value in times)
     for offset in (OFFSET_NS, OFFSET_NS + 400_000_000, OFFSET_NS):
-        lines, _, _ = enc.encode(span, offset)
+        lines = enc.encode(span, offset)[0]
         decoder = _records.RecordDecoder([], "h1", RULES, IFACES)
         assert [json.loads(line)["ts"] for line in lines] == [
             record["ts"] for record in decoder.decode_batch([make_record(ts_boot_ns=value) for value in times],
@@ -175,13 +176,13 @@ def test_template_cache_is_bounded(monkeypatch):
     monkeypatch.setattr(_records, "TEMPLATE_CACHE_LIMIT", 10)
     enc = encoder(["src_port"])
     span = b"".join(slot(make_record(src_port=port)) for port in range(35))
-    lines, _, _ = enc.encode(span, OFFSET_NS)
+    lines = enc.encode(span, OFFSET_NS)[0]
     assert [json.loads(line)["src_port"] for line in lines] == list(range(35))
     assert len(enc._templates) <= 10
 
 
 def test_last_ts():
-    lines, _, _ = encoder([]).encode(slot(make_record()), OFFSET_NS)
+    lines = encoder([]).encode(slot(make_record()), OFFSET_NS)[0]
     assert _records.LineEncoder.last_ts(lines) == json.loads(lines[-1])["ts"]
     assert _records.LineEncoder.last_ts([]) is None
 

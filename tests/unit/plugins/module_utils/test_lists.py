@@ -154,7 +154,7 @@ def test_matches_agrees_with_brute_force(version):
     networks = [ipaddress.ip_network(_prefixes.to_text(v, version)) for v in values]
     bits = 32 if version == 4 else 128
     probes = [v >> 8 | rnd.getrandbits(bits - (v & 0xFF)) if (v & 0xFF) < bits else v >> 8 for v in values[:50]]
-    probes += [rnd.getrandbits(bits) for _ in range(50)]
+    probes += [rnd.getrandbits(bits) for _index in range(50)]
     for address in probes:
         expected = sorted((int(n.network_address), n.prefixlen) for n in networks
                           if ipaddress.ip_address(address) in n)
@@ -215,8 +215,18 @@ def test_blocklist_entries_are_validated_with_paths():
     assert errors == ["entries[2]: host bits set in 10.0.0.1/8 (did you mean 10.0.0.0/8?)",
                       "entries[3]: not an IP network: 7",
                       "file (list.txt line 2): not an IP network: 192.0.2.300"]
-    def missing(name):
-        raise OSError("No such file or directory")
 
-    _v4, _v6, errors = _blocklist.parse_entries(None, "missing.txt", missing)
+    def missing(name):
+        raise OSError("No such file or directory: %s" % name)
+
+    errors = _blocklist.parse_entries(None, "missing.txt", missing)[2]
     assert errors[0].startswith("file: cannot read list file missing.txt")
+
+
+def test_write_order_never_opens_a_gap_for_the_lists():
+    deltas = {"deny_v4": (keys("10.0.0.0/8"), keys("11.0.0.0/8")),
+              "allow_v4": (keys("12.0.0.1/32"), keys("13.0.0.1/32")),
+              "deny_v6": ([], []), "allow_v6": ([], [])}
+    steps = [(name, bool(upsert), bool(remove)) for name, upsert, remove in _maps.write_order(deltas)]
+    assert steps == [("allow_v4", True, False), ("deny_v4", False, True), ("deny_v4", True, False),
+                     ("allow_v4", False, True)]
