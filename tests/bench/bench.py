@@ -1,6 +1,7 @@
 """bpfleet benchmarks: one command runs them all, prints figures and ratios, writes JSON and SVG.
 
     tests/bench/run.sh [--smoke] [--only filter,cost,agent,http,fleet] [--out DIR] [--docs]
+  tests/bench/run.sh --from-results DIR/results.json [--docs]     (tables, chart, docs only)
 
 Sections, in this order (each repeated; min and median reported):
   cost    ns/packet of every generated program variant with BPF_PROG_TEST_RUN
@@ -49,7 +50,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--agent-bench", default=os.environ.get("BPFLEET_AGENT_BENCH", ""),
                         help="a script that measures the agent itself (prints one JSON object); "
                              "without it the agent section floods a lab host and counts")
+    parser.add_argument("--from-results", metavar="RESULTS_JSON",
+                        help="run nothing: rewrite tables.md, the chart (and with --docs the docs) from a results.json")
     args = parser.parse_args(argv)
+    if args.from_results:
+        source = Path(args.from_results)
+        results = json.loads(source.read_text())
+        tables = report.tables(results)
+        (source.parent / "tables.md").write_text(tables)
+        svg = report.throughput_svg(results)
+        if svg:
+            (source.parent / "throughput.svg").write_text(svg)
+        if args.docs:
+            report.update_docs(source.parent, results, tables)
+        print(tables)
+        return 0
     sections = [s for s in args.only.split(",") if s]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
