@@ -223,8 +223,12 @@ def http_table(section) -> str:
 
 def fleet_table(section) -> str:
     out = ["### Fleet operations (bpfleet.core.host role + bpfleet.core.policy over SSH)\n",
-           section.get("method", ""), "",
-           "| operation | hosts | seconds | compiles | changed hosts |", "|---|---:|---:|---:|---:|"]
+           section.get("method", ""), ""]
+    if section.get("separate_run"):
+        run = section["separate_run"]
+        out += [f"Measured in a separate run (`{run.get('command')}`, {run.get('time_utc')}, load average "
+                f"{run.get('loadavg_before')} before, {run.get('loadavg_after')} after): {run.get('why')}", ""]
+    out += ["| operation | hosts | seconds | compiles | changed hosts |", "|---|---:|---:|---:|---:|"]
     for row in section.get("rows", []):
         out.append(f"| {row['operation']} | {row['hosts']} | {fmt(row['seconds'], 1)} | {row['compiles']} | "
                    f"{row['changed']} |")
