@@ -46,6 +46,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections (default: all)")
     parser.add_argument("--filters", default="", help="comma-separated filters for the filter section")
     parser.add_argument("--out", help="results directory")
+    parser.add_argument("--budget", type=float, help="time budget in minutes (default: 19, smoke 4); steps that "
+                        "would start after it are skipped and listed")
     parser.add_argument("--docs", action="store_true", help="rewrite the generated part of docs/benchmarks.md")
     parser.add_argument("--agent-bench", default=os.environ.get("BPFLEET_AGENT_BENCH", ""),
                         help="a script that measures the agent itself (prints one JSON object); "
@@ -80,7 +82,7 @@ def main(argv: list[str]) -> int:
     out = Path(args.out) if args.out else REPO / "tests" / "bench" / "results" / mode
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    deadline = started + BUDGET_S[mode]
+    deadline = started + (args.budget * 60 if args.budget else BUDGET_S[mode])
     results = {"mode": mode, "machine_before": machine(), "sections": {}, "errors": {},
                "command": "tests/bench/run.sh " + " ".join(argv)}
     workdir = Path(tempfile.mkdtemp(prefix="bpfleet-bench-"))
