@@ -352,7 +352,7 @@ def measure_size(fleet, backend, size, setup, results, repeats, seconds):
         return
     results["loads"].append({"filter": backend.name, "size": size, "seconds": load_s})
     for source_name, source in SOURCES.items():
-        samples = [measure(fleet, setup["napi_tid"], source, seconds) for _ in range(repeats)]
+        samples = [measure(fleet, setup["napi_tid"], source, seconds) for _repeat in range(repeats)]
         entry = {"filter": backend.name, "size": size, "source": source_name, "samples": samples}
         for key in ("rx_pps", "drop_pps", "processed_pps", "capacity_pps_per_core", "receiver_cpu_s",
                     "machine_busy_cores", "offered_pps"):

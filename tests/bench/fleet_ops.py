@@ -93,10 +93,10 @@ def run_all(workdir: Path, smoke: bool, deadline: float) -> dict:
         rows.append(step(fleet, "add one address (policy list edit, policy task)", everyone,
                          rollout_play(policy)))
         if (REPO / "plugins" / "modules" / "blocklist.py").exists():
+            block = {"policy": "bench-fleet", "entries": [EXTRA_ADDRESS_2]}
             rows.append(step(fleet, "add one address (bpfleet.core.blocklist)", everyone, [
                 {"name": "blocklist", "hosts": "all", "tasks": [
-                    {"name": "block one", "bpfleet.core.blocklist": {"policy": "bench-fleet",
-                                                                      "entries": [EXTRA_ADDRESS_2]}}]}]))
+                    {"name": "block one", "bpfleet.core.blocklist": block}]}]))
         if not smoke and time.monotonic() < deadline:
             rows.append(step(fleet, "re-run, no change (host role + policy task)", everyone,
                              rollout_play(policy, role=True)))

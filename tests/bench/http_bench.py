@@ -108,7 +108,7 @@ def run_all(fleet: Fleet, workdir, smoke: bool) -> dict:
         for name, section in configs:
             apply(fleet, workdir, section)
             wrk(fleet, 1)  # warm-up: connections, caches, the agent's first records
-            samples = [wrk(fleet, seconds) for _ in range(repeats)]
+            samples = [wrk(fleet, seconds) for _repeat in range(repeats)]
             row = {"config": name, "samples": samples, "rps": summary([s["rps"] for s in samples]),
                    "p99_ms": summary([s["p99_ms"] for s in samples if s["p99_ms"] is not None])}
             if section and section.get("http"):
