@@ -8,7 +8,7 @@
 A small tc (SCHED_CLS) program, compiled with BCC, reserves and submits one v1 header
 record per run into a ring buffer pinned where a policy's is
 (<bpffs>/bpfleet/bench/maps/events), with the policy programs' wakeup scheme
-(BPF_RB_NO_WAKEUP, a forced wakeup every 64th record) and their `stats` slots
+(BPF_RB_NO_WAKEUP, a forced wakeup every 1024th record) and their `stats` slots
 (records_emitted, records_lost when the ring is full). The generator feeds it with
 BPF_PROG_TEST_RUN at the requested rate in 1 ms ticks, so the producer is the kernel's
 real ring buffer code, not a simulation. Each record carries a sequence number in its
@@ -50,7 +50,7 @@ PROGRAM = r"""
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
 #define RECORD_SIZE 88
-#define WAKEUP_EVERY 64
+#define WAKEUP_EVERY 1024
 #define STAT_RECORDS_EMITTED 3
 #define STAT_RECORDS_LOST 4
 struct counter { u64 packets; u64 bytes; };

@@ -34,8 +34,10 @@
 #define HTTP_MAX_BYTES 1024
 #define RINGBUF_BYTES (4194304)
 /* Records are submitted without a wakeup and the agent polls on a short timer: a wakeup per
- * record costs about 5.7 us (LAB-NOTES). A burst still wakes the agent every WAKEUP_EVERY. */
-#define WAKEUP_EVERY 64
+ * record costs about 5.7 us (LAB-NOTES). A burst still wakes the agent every WAKEUP_EVERY
+ * records, about 2 % of the ring; every 64th record cost 80 ns per record in BPF_PROG_TEST_RUN,
+ * every 1024th 7 ns (docs/benchmarks.md). */
+#define WAKEUP_EVERY 1024
 
 /* Map capacities: fixed, so the pinned maps keep their shape across policy edits. */
 #define DENY_V4_MAX 1048576
