@@ -19,6 +19,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import datetime
+import errno
 import json
 import os
 import shutil
@@ -267,6 +268,15 @@ class PolicyHost:
             fd = bpf.obj_get(paths.map_pin(self.name, map_name))
             try:
                 maps.apply_delta(fd, upsert, remove)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                # Only when removals that overlap new entries must wait for them (write_order).
+                raise PolicyFailure("%s is full: this change adds %d entries while old entries they overlap must "
+                                    "stay until they are in (no gap for addresses both lists deny), and the map "
+                                    "cannot hold both (%s). Apply it in two runs: first without the old entries "
+                                    "(their addresses pass in between), then with the new ones"
+                                    % (map_name, len(upsert), exc)) from exc
             finally:
                 os.close(fd)
 

@@ -11,6 +11,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import bisect
 import heapq
 import ipaddress
 import os
@@ -123,19 +124,72 @@ def apply_delta(fd, upsert, remove):
 
 
 def write_order(map_deltas):
-    """[(map name, upsert, remove)] in the order that never drops a source neither the old nor
-    the new lists drop: new allow entries first, then deny removals, deny additions, and the
-    allow removals last (the programs read the maps while they change)."""
+    """[(map name, upsert, remove)] in the order that neither drops a source the old and the new
+    lists both pass nor lets through one they both deny, while the programs read the maps:
+
+    1. new allow entries;
+    2. deny removals that no new deny entry overlaps (they free room first: a trie near its
+       capacity could not take a different list of its own size otherwise);
+    3. new deny entries;
+    4. deny removals that a new deny entry overlaps (10.0.0.0/24 replaced by 10.0.0.0/16:
+       the /24 goes only once the /16 is there);
+    5. allow removals.
+    """
     steps = []
     empty = []
-    for kind, part in (("allow", "upsert"), ("deny", "remove"), ("deny", "upsert"), ("allow", "remove")):
-        for map_name in sorted(name for name in map_deltas if name.startswith(kind + "_")):
-            upsert, remove = map_deltas[map_name]
-            if part == "upsert" and upsert:
-                steps.append((map_name, upsert, empty))
-            elif part == "remove" and remove:
-                steps.append((map_name, empty, remove))
+    for map_name in sorted(name for name in map_deltas if name.startswith("allow_")):
+        if map_deltas[map_name][0]:
+            steps.append((map_name, map_deltas[map_name][0], empty))
+    late = []
+    for map_name in sorted(name for name in map_deltas if name.startswith("deny_")):
+        upsert, remove = map_deltas[map_name]
+        free_first, after_upsert = split_removals(upsert, remove)
+        if free_first:
+            steps.append((map_name, empty, free_first))
+        if upsert:
+            late.append((map_name, upsert, empty))
+        if after_upsert:
+            late.append((map_name, empty, after_upsert))
+    steps.extend(late)
+    for map_name in sorted(name for name in map_deltas if name.startswith("allow_")):
+        if map_deltas[map_name][1]:
+            steps.append((map_name, empty, map_deltas[map_name][1]))
     return steps
+
+
+def _interval(key):
+    """[first, last] address (as ints) that an LPM key covers."""
+    address, prefixlen = _packing.key_parts(key)
+    host_bits = (len(key) - 4) * 8 - prefixlen
+    return address, address | ((1 << host_bits) - 1)
+
+
+def split_removals(upsert, remove):
+    """(removals no upserted prefix overlaps, removals one does), each in the given order.
+
+    Prefixes are nested or disjoint, so a removal overlaps the upserts exactly when it meets
+    the union of their address intervals; that union, merged and sorted, answers each removal
+    with one bisection."""
+    if not remove:
+        return [], []
+    if not upsert:
+        return list(remove), []
+    starts, ends = [], []
+    for first, last in sorted(_interval(key) for key in upsert):
+        if ends and first <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], last)
+        else:
+            starts.append(first)
+            ends.append(last)
+    free_first, after_upsert = [], []
+    for key in remove:
+        first, last = _interval(key)
+        index = bisect.bisect_right(starts, last) - 1
+        if index >= 0 and ends[index] >= first:
+            after_upsert.append(key)
+        else:
+            free_first.append(key)
+    return free_first, after_upsert
 
 
 _key_order = _packing.key_order

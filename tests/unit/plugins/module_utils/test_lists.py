@@ -1,7 +1,10 @@
 """Big-list plumbing without a kernel: prefix parsing, packing, deltas and live-edit overlays."""
 
+import errno
 import ipaddress
+import os
 import random
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +18,7 @@ from ansible_collections.bpfleet.core.plugins.module_utils import (
     _policy,
     _prefixes,
 )
+from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
 
 
 def reference(text):
@@ -232,6 +236,39 @@ def test_write_order_never_opens_a_gap_for_the_lists():
                      ("allow_v4", False, True)]
 
 
+def test_a_deny_prefix_replaced_by_a_wider_one_goes_only_after_the_wider_one_is_in():
+    """Removing 10.0.0.0/24 before 10.0.0.0/16 is in would let 10.0.0.x through for a moment,
+    though both lists deny it; a disjoint removal still goes first to free room."""
+    deltas = {"deny_v4": (keys("10.0.0.0/16", "192.0.2.0/24"), keys("10.0.0.0/24", "198.51.100.0/24")),
+              "deny_v6": (keys("2001:db8::/32"), keys("2001:db8:1::/48", "2001:db9::/48"))}
+    steps = [(name, [_maps.decode_lpm_key(k) for k in upsert], [_maps.decode_lpm_key(k) for k in remove])
+             for name, upsert, remove in _maps.write_order(deltas)]
+    assert steps == [
+        ("deny_v4", [], ["198.51.100.0/24"]),
+        ("deny_v6", [], ["2001:db9::/48"]),
+        ("deny_v4", ["10.0.0.0/16", "192.0.2.0/24"], []),
+        ("deny_v4", [], ["10.0.0.0/24"]),
+        ("deny_v6", ["2001:db8::/32"], []),
+        ("deny_v6", [], ["2001:db8:1::/48"]),
+    ]
+
+
+@pytest.mark.parametrize("removed, added, overlaps", [
+    ("10.0.0.0/24", "10.0.0.0/16", True),     # the new prefix covers the old one
+    ("10.0.0.0/16", "10.0.3.0/24", True),     # the old prefix covers the new one
+    ("10.0.0.0/24", "10.0.1.0/24", False),    # neighbours
+    ("10.0.1.0/24", "10.0.0.0/24", False),
+    ("0.0.0.0/0", "255.255.255.255/32", True),
+    ("255.255.255.255/32", "0.0.0.0/0", True),
+    ("2001:db8::/127", "2001:db8::1/128", True),
+    ("2001:db8::2/127", "2001:db8::1/128", False),
+])
+def test_split_removals_finds_overlap_in_both_directions(removed, added, overlaps):
+    upsert = keys(added, "172.16.0.0/12" if ":" not in added else "fd00::/8")
+    free_first, after_upsert = _maps.split_removals(upsert, keys(removed))
+    assert (after_upsert, free_first) == ((keys(removed), []) if overlaps else ([], keys(removed)))
+
+
 def test_upserts_keep_address_order_for_the_kernel_and_the_sample():
     value = _maps.encode_value(1)
     desired = keys("10.0.0.0/8", "10.0.0.0/16", "10.1.0.0/16", "11.0.0.0/8", "200.0.0.0/8")
@@ -251,3 +288,30 @@ def test_the_host_modules_find_every_helper_they_call():
     for name in ("apply_delta", "delta", "live_keys", "live_entries", "write_order", "sample_texts",
                  "describe_delta", "open_pinned", "decode_lpm_key"):
         assert callable(getattr(_maps, name)), name
+
+
+def test_a_full_trie_takes_a_different_list_of_its_own_size():
+    """A real LPM trie at capacity, replaced by a list that shares no prefix with it and
+    narrows one (adding first would need 15 entries): the disjoint removals free room first."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("bpf(2) needs root on Linux")
+    capacity = 8
+    old = keys(*["198.51.100.%d/32" % i for i in range(capacity - 1)], "10.0.0.0/16")
+    new = keys(*["203.0.113.%d/32" % i for i in range(capacity - 2)], "10.0.3.0/24")
+    value = _maps.encode_value(1)
+    fd = bpf.map_create(bpf.MAP_TYPE_LPM_TRIE, 8, 4, capacity, bpf.BPF_F_NO_PREALLOC, "bpfleet_test")
+    try:
+        _maps.apply_delta(fd, dict((key, value) for key in old), [])
+        upsert, remove = _maps.delta(_maps.live_entries(fd, 8), dict((key, value) for key in new))
+        steps = _maps.write_order({"deny_v4": (upsert, remove)})
+        # The /16 stays until the /24 inside it is in; the seven disjoint /32s go first.
+        assert [(len(up), [_maps.decode_lpm_key(k) for k in rm][-1:]) for _map, up, rm in steps] == [
+            (0, ["198.51.100.6/32"]), (7, []), (0, ["10.0.0.0/16"])]
+        with pytest.raises(OSError) as full:
+            _maps.apply_delta(fd, {new[0]: value}, [])
+        assert full.value.errno == errno.ENOSPC
+        for _map, up, rm in steps:
+            _maps.apply_delta(fd, up, rm)
+        assert sorted(_maps.live_entries(fd, 8)) == sorted(new)
+    finally:
+        os.close(fd)
