@@ -18,16 +18,11 @@ import os
 import struct
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.bpfleet.core.plugins.module_utils import _counters, _packing
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
-from ansible_collections.bpfleet.core.plugins.module_utils import _packing
 
 _U32 = struct.Struct("<I")
-_COUNTER = struct.Struct("<QQ")
-
-# Slots of the `stats` per-CPU array (bpf/include/bpfleet_record.h).
-STAT_SLOTS = ("xdp_seen", "xdp_passed", "xdp_dropped", "records_emitted", "records_lost",
-              "tc_ingress_seen", "tc_egress_seen", "xdp_rate_limited", "tc_egress_dropped")
-_RULE_KEY = struct.Struct("<II")  # struct rule_key {u32 ifindex; u32 rule;}
+STAT_SLOTS = _counters.STAT_SLOTS
 
 LIST_MAPS = ("deny_v4", "deny_v6", "allow_v4", "allow_v6")
 
@@ -234,28 +229,6 @@ def pinned_prog_info(path):
         os.close(fd)
 
 
-def sum_percpu_counters(fd, slot):
-    packets = byte_count = 0
-    for value in bpf.percpu_lookup(fd, _U32.pack(slot), _COUNTER.size):
-        p, b = _COUNTER.unpack_from(value)
-        packets += p
-        byte_count += b
-    return packets, byte_count
-
-
-def read_rule_counters(fd):
-    """{(ifindex, rule id): (packets, bytes)} summed over CPUs from the rule_stats hash."""
-    found = {}
-    for key in bpf.map_keys(fd, _RULE_KEY.size):
-        packets = byte_count = 0
-        for value in bpf.percpu_lookup(fd, bytes(key), _COUNTER.size) or []:
-            p, b = _COUNTER.unpack_from(value)
-            packets += p
-            byte_count += b
-        found[_RULE_KEY.unpack(bytes(key))] = (packets, byte_count)
-    return found
-
-
 def read_counters(name, rules, ifnames=None):
     """Live counters from the pinned per-CPU maps of a policy; None when not pinned.
 
@@ -269,7 +242,7 @@ def read_counters(name, rules, ifnames=None):
     try:
         counters = {}
         for slot, label in enumerate(STAT_SLOTS):
-            packets, byte_count = sum_percpu_counters(stats_fd, slot)
+            packets, byte_count = _counters.read_slot(stats_fd, slot)
             counters[label] = packets
             if label in ("xdp_seen", "xdp_passed", "xdp_dropped"):
                 counters[label + "_bytes"] = byte_count
@@ -281,7 +254,7 @@ def read_counters(name, rules, ifnames=None):
     rules_fd = open_pinned(paths.map_pin(name, "rule_stats"))
     if rules_fd is not None:
         try:
-            live = read_rule_counters(rules_fd)
+            live = _counters.read_rule_counters(rules_fd)
         except OSError:
             live = {}  # a rule_stats map of an older layout: the next policy run recreates it
         finally:

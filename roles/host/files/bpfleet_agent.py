@@ -4,7 +4,7 @@
 """bpfleet-agent: drains the policies' ring buffers into JSON lines logs.
 
 Installed by the bpfleet.core.host role as /usr/lib/bpfleet/agent/bpfleet_agent.py
-next to copies of _bpf_syscall.py, _ringbuf.py, _records.py and _http.py, which
+next to copies of _bpf_syscall.py, _counters.py, _ringbuf.py, _records.py and _http.py, which
 it imports as sibling modules, and started through the launcher bpfleet-agent
 beside it. Standard library only: no BCC, no LLVM.
 
@@ -34,7 +34,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -51,6 +50,7 @@ if not os.path.exists(os.path.join(AGENT_DIR, "_ringbuf.py")) and os.path.isdir(
     sys.path.insert(1, os.path.normpath(_CHECKOUT_MODULE_UTILS))
 
 import _bpf_syscall  # noqa: E402
+import _counters  # noqa: E402
 import _records  # noqa: E402
 import _ringbuf  # noqa: E402
 
@@ -83,12 +83,6 @@ CURSOR_SIZE = 512                   # fixed: each update is one pwrite() of the 
 TEXTFILE_NAME = "bpfleet.prom"
 DEFAULT_CONFIG = "/etc/bpfleet/agent.json"
 DEFAULT_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
-
-# Slots of the policies' `stats` per-CPU array (bpf/include/bpfleet_record.h).
-STAT_RECORDS_EMITTED = 3
-STAT_RECORDS_LOST = 4
-_COUNTER = struct.Struct("<QQ")
-_RULE_KEY = struct.Struct("<II")
 
 WORKER_LOCK_WAIT_S = 5.0
 STOP_TIMEOUT_S = 20.0
@@ -460,24 +454,8 @@ class Failpoints(object):
 
 def read_kernel_counters(stats_fd):
     """(records emitted, records lost) from a policy's pinned `stats` per-CPU array."""
-    totals = []
-    for slot in (STAT_RECORDS_EMITTED, STAT_RECORDS_LOST):
-        values = _bpf_syscall.percpu_lookup(stats_fd, struct.pack("<I", slot), _COUNTER.size) or []
-        totals.append(sum(_COUNTER.unpack_from(value)[0] for value in values))
-    return totals[0], totals[1]
-
-
-def read_rule_counters(rules_fd):
-    """{(ifindex, rule id): (packets, bytes)} from a policy's pinned `rule_stats`."""
-    found = {}
-    for key in _bpf_syscall.map_keys(rules_fd, _RULE_KEY.size):
-        packets = byte_count = 0
-        for value in _bpf_syscall.percpu_lookup(rules_fd, bytes(key), _COUNTER.size) or []:
-            count_packets, count_bytes = _COUNTER.unpack_from(value)
-            packets += count_packets
-            byte_count += count_bytes
-        found[_RULE_KEY.unpack(bytes(key))] = (packets, byte_count)
-    return found
+    return (_counters.read_slot(stats_fd, _counters.STAT_RECORDS_EMITTED)[0],
+            _counters.read_slot(stats_fd, _counters.STAT_RECORDS_LOST)[0])
 
 
 # --- one policy ----------------------------------------------------------------
@@ -859,7 +837,7 @@ class Agent(object):
             pass
         try:
             with _bpf_syscall.fd_closing(_bpf_syscall.obj_get(os.path.join(maps_dir, "rule_stats"))) as fd:
-                policy.rule_counters = read_rule_counters(fd)
+                policy.rule_counters = _counters.read_rule_counters(fd)
         except (OSError, ValueError):
             policy.rule_counters = {}
 
