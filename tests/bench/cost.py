@@ -14,11 +14,10 @@ import ipaddress
 import json
 import socket
 import struct
-import subprocess
 import sys
-import threading
 
-from _common import COLLECTIONS, HOST_PYTHON, BenchError, deny_list, log, summary
+from _common import COLLECTIONS, BenchError, deny_list, log, summary
+from private_bpffs import pinned_policies
 
 sys.path.insert(0, str(COLLECTIONS))
 from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
@@ -43,33 +42,7 @@ VARIANTS = {
 HTTP_REQUEST = (b"GET /api/v1/items?page=2 HTTP/1.1\r\nHost: api.example\r\nUser-Agent: wrk\r\n"
                 b"Authorization: Bearer abcdef0123456789\r\nAccept: */*\r\n\r\n")
 
-HELPER = r"""
-import json, os, sys
-config = json.loads(sys.stdin.readline())
-sys.path.insert(0, config["collections"])
-from bcc import BPF
-from ansible_collections.bpfleet.core.plugins.module_utils import _bcc_backend, _bpf_syscall as bpf
-report = {}
-for policy in config["policies"]:
-    pin_dir = "/sys/fs/bpf/bpfleet/" + policy["name"]
-    os.makedirs(pin_dir + "/maps")
-    pinned = _bcc_backend.compile_and_pin(policy["source"], policy["programs"], pin_dir, "")
-    entry = {"programs": {}, "maps": {}}
-    for pin, path in pinned.items():
-        with bpf.open_pinned(path) as fd:
-            entry["programs"][pin] = bpf.prog_info(fd)["id"]
-    for name in os.listdir(pin_dir + "/maps"):
-        with bpf.open_pinned(pin_dir + "/maps/" + name) as fd:
-            entry["maps"][name] = bpf.map_info(fd)["id"]
-    report[policy["name"]] = entry
-b = BPF(text="int bench_pass(struct xdp_md *ctx) { return XDP_PASS; }")
-fn = b.load_func("bench_pass", BPF.XDP)
-bpf.obj_pin(fn.fd, "/sys/fs/bpf/bench_pass")
-with bpf.open_pinned("/sys/fs/bpf/bench_pass") as fd:
-    report["xdp_pass"] = {"programs": {"prog_xdp": bpf.prog_info(fd)["id"]}, "maps": {}}
-print(json.dumps(report), flush=True)
-sys.stdin.readline()
-"""
+XDP_PASS_SOURCE = "int bench_pass(struct xdp_md *ctx) { return XDP_PASS; }"
 
 
 def udp_frame(family: int, src: str | None = None, payload: bytes = b"x" * 18) -> bytes:
@@ -112,24 +85,20 @@ def compile_all(names) -> dict:
         model = _policy.validate(raw, names[name])[0]
         rendered = _render.render(model)
         policies.append({"name": names[name], "source": rendered["source"], "programs": rendered["programs"]})
-    helper = subprocess.Popen(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-         'mount -t bpf bpf /sys/fs/bpf && exec "$0" -c "$1"', HOST_PYTHON, HELPER],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    policies.append({"name": "xdp_pass", "source": XDP_PASS_SOURCE,
+                     "programs": [{"function": "bench_pass", "hook": "xdp", "pin": "prog_xdp"}]})
     fds = {}
     try:
-        helper.stdin.write(json.dumps({"collections": str(COLLECTIONS), "policies": policies}) + "\n")
-        helper.stdin.flush()
-        line = helper.stdout.readline()
-        if not line:
-            raise BenchError("BCC helper failed:\n" + helper.stderr.read()[-4000:])
-        threading.Thread(target=helper.stderr.read, daemon=True).start()
-        for name, entry in json.loads(line).items():
-            fds[name] = {"programs": {pin: bpf.prog_get_fd_by_id(i) for pin, i in entry["programs"].items()},
-                         "maps": {m: bpf.map_get_fd_by_id(i) for m, i in entry["maps"].items()}}
-    finally:
-        helper.stdin.close()
-        helper.wait(timeout=120)
+        with pinned_policies(policies) as report:
+            errors = dict((name, entry["error"]) for name, entry in report.items() if "error" in entry)
+            if errors:
+                raise BenchError("BCC could not compile: %s" % errors)
+            for name, entry in report.items():
+                fds[name] = {"programs": {pin: bpf.prog_get_fd_by_id(info["id"])
+                                          for pin, info in entry["programs"].items()},
+                             "maps": {m: bpf.map_get_fd_by_id(i) for m, i in entry["maps"].items()}}
+    except RuntimeError as exc:
+        raise BenchError(str(exc)) from exc
     return fds
 
 

@@ -17,12 +17,9 @@ as properties; docs/logging-http.md quotes them.
 
 import json
 import os
-import shutil
 import socket
 import struct
-import subprocess
 import sys
-import threading
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -34,8 +31,9 @@ from ansible_collections.bpfleet.core.plugins.module_utils import _http, _policy
 from ansible_collections.bpfleet.core.plugins.plugin_utils import _render
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
-COLLECTIONS = os.path.join(REPO, ".tmp", "collections")
-HOST_PYTHON = "/usr/bin/python3"
+sys.path.insert(0, os.path.join(REPO, "tests", "fleet"))
+import private_bpffs  # noqa: E402  (tests/fleet: compile and pin with BCC in a private bpffs)
+
 XDP_DROP, TC_ACT_OK = 1, 0
 STAT_RECORDS_EMITTED = 3                # bpf/include/bpfleet_record.h
 
@@ -58,53 +56,6 @@ MATCHED = {"name": "ht-match", "interfaces": ["eth0"], "filter": {"deny": ["198.
 SAMPLED = {"name": "ht-sample", "interfaces": ["eth0"], "log": {"sample": "1/4"}}
 POLICIES = (SMALL, LARGE, DEFAULT, MIDDLE, PLAIN, MATCHED, SAMPLED)
 
-HELPER = r"""
-import json, os, sys, traceback
-config = json.loads(sys.stdin.readline())
-sys.path.insert(0, config["collections"])
-from ansible_collections.bpfleet.core.plugins.module_utils import _bcc_backend, _bpf_syscall as bpf
-report = {}
-for policy in config["policies"]:
-    pin_dir = "/sys/fs/bpf/bpfleet/" + policy["name"]
-    os.makedirs(pin_dir + "/maps")
-    try:
-        pinned = _bcc_backend.compile_and_pin(policy["source"], policy["programs"], pin_dir, "")
-    except _bcc_backend.CompileError as error:
-        report[policy["name"]] = {"error": "%s\n%s" % (error, error.log[-3000:])}
-        continue
-    entry = {"programs": {}}
-    for pin, path in pinned.items():
-        with bpf.open_pinned(path) as fd:
-            entry["programs"][pin] = bpf.prog_info(fd)
-    with bpf.open_pinned(pin_dir + "/maps/events") as fd:
-        entry["events"] = bpf.map_info(fd)["id"]
-    for name in ("stats", "deny_v4"):
-        with bpf.open_pinned(pin_dir + "/maps/" + name) as fd:
-            entry[name] = bpf.map_info(fd)["id"]
-    report[policy["name"]] = entry
-print(json.dumps(report), flush=True)
-sys.stdin.readline()        # the test holds its own fds now; the namespace may go
-"""
-
-
-def _skip_reason():
-    if not sys.platform.startswith("linux"):
-        return "Linux only"
-    if os.geteuid() != 0:
-        return "needs root: bpf(2), a private mount namespace with bpffs, BPF_PROG_TEST_RUN"
-    for tool in ("unshare", "mount"):
-        if not shutil.which(tool):
-            return "needs %s (util-linux)" % tool
-    if not os.path.exists(HOST_PYTHON):
-        return "needs %s" % HOST_PYTHON
-    if subprocess.run([HOST_PYTHON, "-c", "import bcc"], capture_output=True, check=False).returncode != 0:
-        return "BCC is not importable from %s (install python3-bpfcc)" % HOST_PYTHON
-    if not os.path.exists("/lib/modules/%s/build" % os.uname().release):
-        return ("no kernel headers for BCC at /lib/modules/%s/build: prepare this machine with "
-                "playbooks/host_local.yml (scripts/test.sh's host stage does)" % os.uname().release)
-    return None
-
-
 class Loaded:
     """One compiled policy: fds of its programs, its ring buffer and its stats map."""
 
@@ -112,14 +63,14 @@ class Loaded:
         self.model = model
         self.info = entry["programs"]
         self.progs = dict((pin, bpf.prog_get_fd_by_id(info["id"])) for pin, info in entry["programs"].items())
-        events = bpf.map_get_fd_by_id(entry["events"])
+        events = bpf.map_get_fd_by_id(entry["maps"]["events"])
         try:
             self.ring = _ringbuf.RingBuffer(events)
         finally:
             bpf.close_fd(events)
-        self.stats = bpf.map_get_fd_by_id(entry["stats"])
+        self.stats = bpf.map_get_fd_by_id(entry["maps"]["stats"])
         # What the policy module would write into the deny list (map_contents).
-        deny = bpf.map_get_fd_by_id(entry["deny_v4"])
+        deny = bpf.map_get_fd_by_id(entry["maps"]["deny_v4"])
         try:
             for cidr, rule in _policy.map_contents(model)["deny_v4"]:
                 address, prefix = cidr.split("/")
@@ -146,7 +97,7 @@ class Loaded:
 
 @pytest.fixture(scope="module")
 def kernel():
-    reason = _skip_reason()
+    reason = private_bpffs.skip_reason()
     if reason:
         pytest.skip(reason)
     models, policies = {}, []
@@ -155,26 +106,12 @@ def kernel():
         rendered = _render.render(model)
         models[raw["name"]] = model
         policies.append({"name": raw["name"], "source": rendered["source"], "programs": rendered["programs"]})
-    helper = subprocess.Popen(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-         'mount -t bpf bpf /sys/fs/bpf && exec "$0" -c "$1"', HOST_PYTHON, HELPER],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     loaded = {}
-    try:
-        helper.stdin.write(json.dumps({"collections": COLLECTIONS, "policies": policies}) + "\n")
-        helper.stdin.flush()
-        line = helper.stdout.readline()
-        if not line:
-            raise RuntimeError("BCC helper failed:\n" + helper.stderr.read()[-4000:])
-        threading.Thread(target=helper.stderr.read, daemon=True).start()
-        report = json.loads(line)
+    with private_bpffs.pinned_policies(policies, timeout=60) as report:
         errors = dict((name, entry["error"]) for name, entry in report.items() if "error" in entry)
         assert not errors, errors
         for name, entry in report.items():
             loaded[name] = Loaded(models[name], entry)
-    finally:
-        helper.stdin.close()
-        helper.wait(timeout=60)
     yield loaded
     for policy in loaded.values():
         policy.close()

@@ -12,7 +12,6 @@ is attached to any interface. No mocks: real clang, real verifier.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +26,9 @@ from ansible_collections.bpfleet.core.plugins.module_utils import _policy
 from ansible_collections.bpfleet.core.plugins.plugin_utils import _render
 
 REPO = Path(__file__).resolve().parents[4]
+sys.path.insert(0, os.path.join(REPO, "tests", "fleet"))
+import private_bpffs  # noqa: E402  (tests/fleet: the checks of a machine that compiles with BCC)
+
 COLLECTIONS = REPO / ".tmp" / "collections"
 HOST_PYTHON = "/usr/bin/python3"
 EXAMPLES = int(os.environ.get("BPFLEET_COMPILE_EXAMPLES") or 12)
@@ -76,23 +78,7 @@ for example in config["examples"]:
 
 
 def _skip_reason():
-    if not sys.platform.startswith("linux"):
-        return "Linux only"
-    if os.geteuid() != 0:
-        return "needs root: bpf(2) and a private mount namespace with its own bpffs"
-    for tool in ("unshare", "mount"):
-        if not shutil.which(tool):
-            return "needs %s (util-linux)" % tool
-    if not os.path.exists(HOST_PYTHON):
-        return "needs %s (the hosts' interpreter, with BCC)" % HOST_PYTHON
-    probe = subprocess.run([HOST_PYTHON, "-c", "import bcc"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        return "BCC is not importable from %s (install python3-bpfcc)" % HOST_PYTHON
-    headers = "/lib/modules/%s/build" % os.uname().release
-    if not os.path.exists(headers):
-        return ("kernel headers are not linked at %s: run the host role first (BPFLEET_TEST_STAGES=host bash "
-                "scripts/test.sh, or ansible-playbook -i localhost, -c local playbooks/host_local.yml)" % headers)
-    return None
+    return private_bpffs.skip_reason()
 
 
 def shape(raw):

@@ -32,6 +32,9 @@ from ansible_collections.bpfleet.core.plugins.module_utils import _records, _rin
 from ansible_collections.bpfleet.core.plugins.module_utils._host_paths import read_json
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "tests", "fleet"))
+import private_bpffs  # noqa: E402  (tests/fleet: the checks of a machine that compiles with BCC)
+
 MODULE_UTILS = os.path.join(REPO, "plugins", "module_utils")
 AGENT = os.path.join(REPO, "roles", "host", "files", "bpfleet_agent.py")
 HOST_PYTHON = "/usr/bin/python3"       # the hosts' interpreter, the one with BCC
@@ -162,22 +165,9 @@ for line in sys.stdin:
 
 
 def _kernel_skip_reason():
-    if not sys.platform.startswith("linux"):
-        return "Linux only"
-    if os.geteuid() != 0:
-        return "needs root: bpf(2), a private mount namespace with bpffs, BPF_PROG_TEST_RUN"
-    for tool in ("unshare", "nsenter", "mount"):
-        if not shutil.which(tool):
-            return "needs %s (util-linux)" % tool
-    if not os.path.exists(HOST_PYTHON):
-        return "needs %s" % HOST_PYTHON
-    probe = subprocess.run([HOST_PYTHON, "-c", "import bcc"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        return "BCC is not importable from %s (install python3-bpfcc)" % HOST_PYTHON
-    if not os.path.exists("/lib/modules/%s/build" % os.uname().release):
-        return ("no kernel headers for BCC at /lib/modules/%s/build: prepare this machine with "
-                "playbooks/host_local.yml (scripts/test.sh's host stage does)" % os.uname().release)
-    return None
+    if shutil.which("nsenter") is None and sys.platform.startswith("linux"):
+        return "needs nsenter (util-linux)"
+    return private_bpffs.skip_reason()
 
 
 class KernelObjects:
