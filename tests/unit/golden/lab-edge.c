@@ -565,6 +565,50 @@ static __always_inline void emit_record(struct packet_info *pkt, u32 ifindex, u3
     if (always || should_log(pkt))
         write_record(pkt, ifindex, len, dir, v);
 }
+#if LOG_INGRESS
+/* The XDP program hands its verdict to the tc ingress logger in the frame's metadata area
+ * (the bytes before the packet that the stack keeps with the skb, as Cilium hands over
+ * identities), so tc does not repeat the list lookups for every packet it records. Where a
+ * driver has no metadata area, bpf_xdp_adjust_meta() fails and tc classifies again. */
+#define VERDICT_MAGIC 0xbf1e
+
+struct verdict_meta {
+    u16 magic;
+    u8 action;
+    u8 _pad;
+    u16 rule;
+    u16 log_rule;
+};
+
+static __always_inline void hand_over_verdict(struct xdp_md *ctx, struct verdict *v)
+{
+    if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct verdict_meta)) != 0)
+        return;
+    void *data = (void *)(long)ctx->data;
+    struct verdict_meta *meta = (void *)(long)ctx->data_meta;
+    if ((void *)(meta + 1) > data)
+        return;
+    meta->magic = VERDICT_MAGIC;
+    meta->action = v->action;
+    meta->_pad = 0;
+    meta->rule = v->rule;
+    meta->log_rule = v->log_rule;
+}
+
+/* 1 when the XDP program left its verdict for this packet. */
+static __always_inline int verdict_from_xdp(struct __sk_buff *skb, struct verdict *v)
+{
+    void *data = (void *)(long)skb->data;
+    struct verdict_meta *meta = (void *)(long)skb->data_meta;
+    if ((void *)(meta + 1) > data || meta->magic != VERDICT_MAGIC)
+        return 0;
+    v->action = meta->action;
+    v->rule = meta->rule;
+    v->log_rule = meta->log_rule;
+    return 1;
+}
+#endif
+
 #endif
 
 int bpfleet_xdp(struct xdp_md *ctx)
@@ -599,6 +643,9 @@ int bpfleet_xdp(struct xdp_md *ctx)
 #endif
     if (v.action == ACTION_PASS) {
         count(STAT_XDP_PASSED, len);
+#if LOG_INGRESS
+        hand_over_verdict(ctx, &v);
+#endif
         return XDP_PASS;
     }
     count(v.action == ACTION_RATE_LIMITED ? STAT_XDP_RATE_LIMITED : STAT_XDP_DROPPED, len);
@@ -635,8 +682,9 @@ static __always_inline void emit_skb_record(struct __sk_buff *skb, struct packet
 #endif
 
 #if LOG_INGRESS
-/* Runs at tc ingress, after XDP: what it sees has passed the filter. The classification is
- * repeated (lookups only, no tokens taken) to name the rule that let the packet through. */
+/* Runs at tc ingress, after XDP: what it sees has passed the filter. The rule that let the
+ * packet through comes from XDP's metadata, or, where the driver keeps none, from the
+ * classification repeated (lookups only, no tokens taken). */
 int bpfleet_ingress(struct __sk_buff *skb)
 {
     void *data = (void *)(long)skb->data;
@@ -648,7 +696,8 @@ int bpfleet_ingress(struct __sk_buff *skb)
         return TC_ACT_OK;
     vlan_from_skb(skb, &pkt);
     struct verdict v;
-    classify(&pkt, &v);
+    if (!verdict_from_xdp(skb, &v))
+        classify(&pkt, &v);
     if (v.log_rule != RULE_NONE)
         return TC_ACT_OK; /* XDP already wrote its record */
     v.action = ACTION_PASS;

@@ -34,7 +34,7 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..",
 sys.path.insert(0, os.path.join(REPO, "tests", "fleet"))
 import private_bpffs  # noqa: E402  (tests/fleet: compile and pin with BCC in a private bpffs)
 
-XDP_DROP, TC_ACT_OK = 1, 0
+XDP_DROP, XDP_PASS, TC_ACT_OK = 1, 2, 0
 STAT_RECORDS_EMITTED = 3                # bpf/include/bpfleet_record.h
 
 CLIENT_MAC, SERVER_MAC = bytes.fromhex("020000000002"), bytes.fromhex("020000000001")
@@ -298,6 +298,24 @@ def test_xdp_drop_records_name_the_deny_rule(kernel):
     assert result["retval"] == XDP_DROP and len(records) == 1
     record = decode(records[0])
     assert (record["action"], record["rule"], record["dir"]) == (_records.ACTIONS.index("drop"), 1, 0)
+
+
+def test_xdp_hands_its_verdict_to_the_tc_logger_in_the_metadata_area(kernel):
+    """A passed packet leaves XDP with 8 bytes of metadata before it (BPF_PROG_TEST_RUN returns
+    them with the frame): struct verdict_meta, which tc ingress reads instead of repeating the
+    list lookups. A dropped packet needs none."""
+    loaded = kernel["ht-small"]
+    data = frame(tcp_segment(b"", dport=443, flags=0x02))
+    result = bpf.prog_test_run(loaded.progs["prog_xdp"], data, data_out_size=len(data) + 64)
+    loaded.ring.drain()
+    assert result["retval"] == XDP_PASS
+    magic, action, _pad, rule, log_rule = struct.unpack_from("=HBBHH", result["data_out"])
+    assert (magic, action, rule, log_rule) == (0xbf1e, _records.ACTIONS.index("pass"), 0, 0xffff)
+    assert result["data_out"][8:] == data
+    dropped = bpf.prog_test_run(loaded.progs["prog_xdp"], frame(tcp_segment(b"", dport=22), src=DENIED_V4),
+                                data_out_size=len(data) + 64)
+    loaded.ring.drain()
+    assert dropped["retval"] == XDP_DROP and dropped["data_out"] == frame(tcp_segment(b"", dport=22), src=DENIED_V4)
 
 
 def test_log_match_decides_in_the_kernel_which_packets_are_logged(kernel):
