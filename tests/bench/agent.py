@@ -22,11 +22,16 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 import time
+from pathlib import Path
 
 import filters
 import yaml
 from _common import COLLECTIONS, HERE, BenchError, Fleet, blast, blast_binary, log, process_cpu_seconds, run
+
+sys.path.insert(0, str(COLLECTIONS))
+from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf  # noqa: E402
 
 POLICY_NAME = "bench-log"
 SINK = "/var/log/bpfleet/bench-log.jsonl"
@@ -79,6 +84,32 @@ def send(fleet: Fleet, rate: int | None, seconds: float) -> dict:
     return blast.parse_report(run(["taskset", "-c", "0", *argv], timeout=seconds + 60).stdout)
 
 
+def attached_programs(fleet: Fleet) -> dict:
+    """{"xdp": id, "tc_ingress": id} of the programs attached to h2's bench link."""
+    link = json.loads(fleet.exec("h2", "ip", "-j", "link", "show", "dev", filters.IFACE).stdout)[0]
+    found = {"xdp": ((link.get("xdp") or {}).get("prog") or {}).get("id")}
+    for entry in json.loads(fleet.exec("h2", "tc", "-j", "filter", "show", "dev", filters.IFACE, "ingress").stdout):
+        prog = ((entry.get("options") or {}).get("prog") or {}).get("id")
+        if prog:
+            found["tc_ingress"] = prog
+    return found
+
+
+def run_stats(prog_ids: dict) -> dict:
+    """{hook: (run_time_ns, run_cnt)}; counted while kernel.bpf_stats_enabled is 1."""
+    out = {}
+    for hook, prog_id in prog_ids.items():
+        if not prog_id:
+            continue
+        fd = bpf.prog_get_fd_by_id(prog_id)
+        try:
+            info = bpf.prog_info(fd)
+        finally:
+            bpf.close_fd(fd)
+        out[hook] = (info.get("run_time_ns", 0), info.get("run_cnt", 0))
+    return out
+
+
 def agent_alone(smoke: bool, external: str = "") -> list:
     """The agent's own measuring script at each rate; its JSON report per run."""
     reports = []
@@ -122,31 +153,17 @@ def run_all(fleet: Fleet, workdir, smoke: bool, external: str = "") -> dict:
         time.sleep(0.5)
     seconds = 1.0 if smoke else 3.0
     steps = []
-    for rate in (SMOKE_RATES if smoke else FULL_RATES):
-        before_k, before_a = kernel_counters(fleet), settle(fleet)
-        cpu_before = process_cpu_seconds(before_a["pid"])
-        report = send(fleet, rate, seconds)
-        time.sleep(0.2)
-        after_k = kernel_counters(fleet)
-        queued = after_k["records_emitted"] - before_k["records_emitted"]
-        after_a = settle(fleet, target=before_a["written"] + before_a["lost_user"] + queued)
-        if after_a["pid"] != before_a["pid"]:
-            raise BenchError(f"the agent restarted during the step at {rate}/s (pid {before_a['pid']} -> "
-                             f"{after_a['pid']})")
-        cpu = process_cpu_seconds(after_a["pid"]) - cpu_before
-        emitted = after_k["records_emitted"] - before_k["records_emitted"]
-        lost_kernel = after_k["records_lost"] - before_k["records_lost"]
-        written = after_a["written"] - before_a["written"]
-        offered = emitted + lost_kernel
-        step = {"offered_rate": rate or report["pps"], "paced": bool(rate), "sent": report["sent"],
-                "seconds": report["seconds"], "emitted": emitted, "lost_kernel": lost_kernel, "written": written,
-                "lost": offered - written, "loss_ratio": (offered - written) / offered if offered else 0.0,
-                "written_per_s": written / report["seconds"], "agent_cpu_s": cpu,
-                "agent_cpu_cores": cpu / report["seconds"],
-                "us_cpu_per_record": 1e6 * cpu / written if written else None}
-        steps.append(step)
-        log(f"  offered {step['offered_rate']:>10,.0f}/s: emitted {emitted:,} lost in kernel {lost_kernel:,} "
-            f"written {written:,} ({100 * step['loss_ratio']:.2f} % lost), agent CPU {cpu:.2f} s")
+    prog_ids = attached_programs(fleet)
+    # The kernel times every program run while this is on (two clock reads per run, included
+    # in the figures): the cost of the real path, verdict hand-over from XDP to tc included.
+    stats_sysctl = "/proc/sys/kernel/bpf_stats_enabled"
+    stats_before = Path(stats_sysctl).read_text().strip()
+    Path(stats_sysctl).write_text("1")
+    try:
+        for rate in (SMOKE_RATES if smoke else FULL_RATES):
+            steps.append(one_step(fleet, rate, seconds, prog_ids))
+    finally:
+        Path(stats_sysctl).write_text(stats_before)
     fleet.playbook([{"name": "bench log off", "hosts": "h2", "tasks": [
         {"name": "remove", "bpfleet.core.policy": {"name": POLICY_NAME, "state": "absent"}}]}])
     zero = [s["offered_rate"] for s in steps if s["lost"] == 0 and s["paced"]]
@@ -155,4 +172,42 @@ def run_all(fleet: Fleet, workdir, smoke: bool, external: str = "") -> dict:
             "external": external or None,
             "method": "Paced UDP from h1 into h2's bench0 (AF_PACKET, then unpaced XDP live frames); every "
                       f"packet logged at tc ingress; {seconds:.0f} s per step; the agent of this checkout "
-                      "as the host role installs it."}
+                      "as the host role installs it. ns per packet: the kernel's own run time of the attached "
+                      "XDP and tc ingress programs over the step (kernel.bpf_stats_enabled, which adds two "
+                      "clock reads per run)."}
+
+
+def one_step(fleet: Fleet, rate, seconds: float, prog_ids: dict) -> dict:
+    """One paced (or unpaced) sending step: records emitted, lost, written, agent CPU, and the
+    programs' own ns per packet."""
+    before_k, before_a = kernel_counters(fleet), settle(fleet)
+    before_run = run_stats(prog_ids)
+    cpu_before = process_cpu_seconds(before_a["pid"])
+    report = send(fleet, rate, seconds)
+    time.sleep(0.2)
+    after_k = kernel_counters(fleet)
+    queued = after_k["records_emitted"] - before_k["records_emitted"]
+    after_a = settle(fleet, target=before_a["written"] + before_a["lost_user"] + queued)
+    if after_a["pid"] != before_a["pid"]:
+        raise BenchError(f"the agent restarted during the step at {rate}/s (pid {before_a['pid']} -> "
+                         f"{after_a['pid']})")
+    cpu = process_cpu_seconds(after_a["pid"]) - cpu_before
+    emitted = after_k["records_emitted"] - before_k["records_emitted"]
+    lost_kernel = after_k["records_lost"] - before_k["records_lost"]
+    written = after_a["written"] - before_a["written"]
+    offered = emitted + lost_kernel
+    step = {"offered_rate": rate or report["pps"], "paced": bool(rate), "sent": report["sent"],
+            "seconds": report["seconds"], "emitted": emitted, "lost_kernel": lost_kernel, "written": written,
+            "lost": offered - written, "loss_ratio": (offered - written) / offered if offered else 0.0,
+            "written_per_s": written / report["seconds"], "agent_cpu_s": cpu,
+            "agent_cpu_cores": cpu / report["seconds"],
+            "us_cpu_per_record": 1e6 * cpu / written if written else None}
+    after_run = run_stats(prog_ids)
+    for hook, (run_ns, runs) in after_run.items():
+        delta_runs = runs - before_run.get(hook, (0, 0))[1]
+        step[hook + "_ns_per_packet"] = ((run_ns - before_run[hook][0]) / delta_runs) if delta_runs else None
+    log(f"  offered {step['offered_rate']:>10,.0f}/s: emitted {emitted:,} lost in kernel {lost_kernel:,} "
+        f"written {written:,} ({100 * step['loss_ratio']:.2f} % lost), agent CPU {cpu:.2f} s, "
+        f"XDP {step.get('xdp_ns_per_packet') or 0:.0f} ns + tc {step.get('tc_ingress_ns_per_packet') or 0:.0f} ns"
+        " per packet")
+    return step

@@ -172,13 +172,15 @@ def zero_loss_achieved(section):
 
 def agent_table(section) -> str:
     out = ["### Logging pipeline (agent)\n", section.get("method", ""), "",
-           "| asked records/s | achieved records/s | emitted | lost (kernel) | written | lost (total) | agent CPU |",
-           "|---:|---:|---:|---:|---:|---:|---:|"]
+           "| asked records/s | achieved records/s | emitted | lost (kernel) | written | lost (total) | agent CPU "
+           "| XDP ns/packet | tc ingress ns/packet |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in section.get("steps", []):
         asked = fmt(row["offered_rate"]) if row.get("paced", True) else "unpaced"
         out.append(f"| {asked} | {fmt(achieved(row))} | {fmt(row['emitted'])} | {fmt(row['lost_kernel'])} | "
                    f"{fmt(row['written'])} | {fmt(row['lost'])} ({fmt(100 * row['loss_ratio'], 2)} %) | "
-                   f"{fmt(100 * row['agent_cpu_cores'], 0)} % |")
+                   f"{fmt(100 * row['agent_cpu_cores'], 0)} % | {fmt(row.get('xdp_ns_per_packet'), 0)} | "
+                   f"{fmt(row.get('tc_ingress_ns_per_packet'), 0)} |")
     out.append("")
     best = zero_loss_achieved(section)
     if best is not None:
