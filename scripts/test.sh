@@ -151,7 +151,7 @@ stage_unit() {
     return 1
   fi
   local rc
-  pytest tests/unit -q
+  pytest tests/unit -q --durations=8
   rc=$?
   if ((rc == 5)); then
     NOTE="no unit tests collected"
@@ -174,7 +174,7 @@ stage_integration() {
     NOTE="no tests/fleet or tests/integration"
     return 3
   fi
-  pytest "${dirs[@]}" -m integration -q
+  pytest "${dirs[@]}" -m integration -q --durations=25
   rc=$?
   if ((rc == 5)); then
     NOTE="no integration tests collected in ${dirs[*]}"
