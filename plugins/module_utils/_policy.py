@@ -306,6 +306,14 @@ POLICY_SCHEMA = {
                                            "with `_` read as `-`." % (
                                                _http.MIN_SUBSTRING_LENGTH, _http.MAX_SUBSTRING_LENGTH,
                                                ", ".join(_http.DEFAULT_REDACT_CONTAINING))},
+                        "requests_only": {"type": "boolean", "default": False,
+                                          "description": "Of the packets the loggers see pass, record only HTTP "
+                                                         "request segments (to `ports`, payload starting with a "
+                                                         "request method): no record for responses, ACKs, later "
+                                                         "segments or other traffic. Drops and `log` port rules "
+                                                         "are recorded as before. For gateways that want a request "
+                                                         "log, not a packet log: a few records per request fewer "
+                                                         "for the agent to write."},
                         "max_bytes": {"type": "integer", "minimum": _http.MIN_MAX_BYTES,
                                       "maximum": _http.MAX_MAX_BYTES, "default": _http.DEFAULT_MAX_BYTES,
                                       "description": "Bytes of a request captured and scanned in the kernel "
@@ -861,8 +869,9 @@ def _header_name_list(col, path, raw, what):
 
 def _validate_http(col, raw, match_rules):
     result = {"ports": list(_http.DEFAULT_PORTS), "headers": list(_http.DEFAULT_HEADERS), "redact": [],
-              "redact_containing": [], "max_bytes": _http.DEFAULT_MAX_BYTES}
-    if not _expect(col, "log.http", raw, dict, "a mapping (ports, headers, redact, redact_containing, max_bytes)"):
+              "redact_containing": [], "max_bytes": _http.DEFAULT_MAX_BYTES, "requests_only": False}
+    if not _expect(col, "log.http", raw, dict,
+                   "a mapping (ports, headers, redact, redact_containing, requests_only, max_bytes)"):
         return None
     _check_keys(col, "log.http", raw, _keys("log", "http"))
     if "ports" in raw:
@@ -918,6 +927,11 @@ def _validate_http(col, raw, match_rules):
                       % (_http.MIN_MAX_BYTES, _http.MAX_MAX_BYTES, size))
         else:
             result["max_bytes"] = size
+    if "requests_only" in raw:
+        if isinstance(raw["requests_only"], bool):
+            result["requests_only"] = raw["requests_only"]
+        else:
+            col.error("log.http.requests_only", "must be true or false, got %r" % (raw["requests_only"],))
     rules = _http.RedactionRules(result["redact"], result["redact_containing"])
     for name, path in sorted(headers.items()):
         if rules.is_sensitive(name):

@@ -103,6 +103,7 @@ def kernel_http(model):
                                 "actions": [name for name, bit in _http.SCAN_ACTIONS if actions & bit]})
     return {
         "ports": http["ports"],
+        "requests_only": http["requests_only"],
         "max_bytes": http["max_bytes"],
         "states": _http.SCAN_STATES,
         "classes": _http.SCAN_CLASSES,

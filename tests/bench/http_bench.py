@@ -7,6 +7,7 @@ in the bench's work directory (never the system service): one worker pinned to C
   no bpfleet        nothing attached
   L3/L4 log         a policy logging every packet both ways (default fields), no log.http
   L3/L4 + log.http  the same plus HTTP request capture on port 80 (default redaction)
+  requests only     log.http with requests_only, ingress: one record per request, nothing else
 The agent on h2 writes the records meanwhile; its CPU is part of the cost.
 """
 
@@ -104,7 +105,9 @@ def run_all(fleet: Fleet, workdir, smoke: bool) -> dict:
         configs = (("no bpfleet", None),
                    ("L3/L4 log (every packet, both ways)", {"directions": ["ingress", "egress"]}),
                    ("L3/L4 log + log.http (port 80)", {"directions": ["ingress", "egress"],
-                                                       "http": {"ports": [80]}}))
+                                                       "http": {"ports": [80]}}),
+                   ("log.http requests only (port 80, ingress)", {"directions": ["ingress"],
+                                                                  "http": {"ports": [80], "requests_only": True}}))
         for name, section in configs:
             apply(fleet, workdir, section)
             wrk(fleet, 1)  # warm-up: connections, caches, the agent's first records
@@ -126,7 +129,9 @@ def run_all(fleet: Fleet, workdir, smoke: bool) -> dict:
             nginx.kill()
     result = {"rows": rows, "method": f"wrk -t1 -c50 -d{seconds:g}s --latency, {repeats} runs per configuration "
                                       "after a warm-up; nginx 1 worker on CPU 1, wrk on CPU 0."}
-    if len(rows) == 3:
+    if len(rows) >= 3:
         result["http_overhead"] = 1 - rows[2]["rps"]["median"] / rows[1]["rps"]["median"]
         result["http_overhead_vs_none"] = 1 - rows[2]["rps"]["median"] / rows[0]["rps"]["median"]
+    if len(rows) >= 4:
+        result["request_log_overhead_vs_none"] = 1 - rows[3]["rps"]["median"] / rows[0]["rps"]["median"]
     return result

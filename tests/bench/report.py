@@ -279,6 +279,10 @@ def targets(results):
         verdict = ("inconclusive: more requests/s with logging means the load moved between runs"
                    if overhead < -0.1 else "yes" if overhead < 0.03 else "no")
         rows.append(("HTTP logging < 3 % of nginx requests/s", f"{fmt(100 * overhead, 1)} % fewer", verdict))
+    if http.get("request_log_overhead_vs_none") is not None:
+        overhead = http["request_log_overhead_vs_none"]
+        rows.append(("HTTP logging < 3 % of nginx requests/s (request log: `requests_only`, against no bpfleet)",
+                     f"{fmt(100 * overhead, 1)} % fewer", "yes" if overhead < 0.03 else "no"))
     agent = (results.get("sections") or {}).get("agent") or {}
     if agent.get("alone"):
         best = agent.get("alone_zero_loss_rate") or 0

@@ -31,6 +31,7 @@
 #define LOG_SAMPLE_EVERY 100
 #define LOG_MATCH_RULES 4
 #define HTTP_CAPTURE 1
+#define HTTP_REQUESTS_ONLY 0
 #define HTTP_MAX_BYTES 1024
 #define RINGBUF_BYTES (4194304)
 /* Records are submitted without a wakeup and the agent polls on a short timer: a wakeup per
@@ -1231,6 +1232,10 @@ static __always_inline void emit_skb_record(struct __sk_buff *skb, struct packet
 #if HTTP_CAPTURE
     if (http_candidate(pkt) && emit_http_record(skb, pkt, dir, v))
         return;
+#endif
+#if HTTP_REQUESTS_ONLY
+    /* log.http.requests_only: a request log, not a packet log. */
+    return;
 #endif
     write_record(pkt, skb->ifindex, skb->len, dir, v);
 }

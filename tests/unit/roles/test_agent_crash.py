@@ -55,3 +55,20 @@ def test_no_record_lost_or_duplicated_across_sigkill(crash, tmp_path):
     assert report["lost_agent"] == 0, report
     assert report["unaccounted"] == 0, report
     assert report["verify_lines"] + report["lost_kernel"] == report["runs"] == 50000, report
+
+
+def test_overload_counts_every_record_the_ring_had_no_room_for(tmp_path):
+    """More records than the agent can drain (2 M/s into a 1 MiB ring): the kernel loses some,
+    counts each one, and what the agent wrote plus what was lost is exactly what was offered."""
+    result = subprocess.run(
+        [sys.executable, BENCH, "--rate", "2000000", "--seconds", "1.5", "--ring-mb", "1", "--fields", "all",
+         "--out", str(tmp_path / "bench"), "--json", "--verify"],
+        capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"offered {report['runs']:,}: written {report['verify_lines']:,}, lost in the kernel "
+          f"{report['lost_kernel']:,}, lost in the agent {report['lost_agent']:,}")
+    assert report["lost_kernel"] > 0, report           # the overload really happened
+    assert report["verify_duplicates"] == 0 and report["verify_unparsable"] == 0, report
+    assert report["lost_agent"] == 0 and report["unaccounted"] == 0, report
+    assert report["verify_lines"] + report["lost_kernel"] == report["runs"] > 0, report

@@ -54,7 +54,9 @@ PLAIN = {"name": "ht-plain", "interfaces": ["eth0"], "log": {}}
 MATCHED = {"name": "ht-match", "interfaces": ["eth0"], "filter": {"deny": ["198.51.100.0/24"]},
            "log": {"match": [{"proto": "tcp", "port": 80}, {"proto": "udp", "dst_port": "5000-5010"}]}}
 SAMPLED = {"name": "ht-sample", "interfaces": ["eth0"], "log": {"sample": "1/4"}}
-POLICIES = (SMALL, LARGE, DEFAULT, MIDDLE, PLAIN, MATCHED, SAMPLED)
+REQUESTS = {"name": "ht-requests", "interfaces": ["eth0"], "filter": {"deny": ["198.51.100.0/24"]},
+            "log": {"http": {"requests_only": True}}}
+POLICIES = (SMALL, LARGE, DEFAULT, MIDDLE, PLAIN, MATCHED, SAMPLED, REQUESTS)
 
 class Loaded:
     """One compiled policy: fds of its programs, its ring buffer and its stats map."""
@@ -264,6 +266,21 @@ def test_other_packets_get_the_plain_record(kernel, data):
     raw, record = one_record(kernel["ht-small"], "prog_tc_egress", data)
     assert len(raw) == _records.RECORD_SIZE
     assert (record["payload_len"], record["flags"]) == (0, 0)
+
+
+def test_requests_only_records_the_requests_and_the_drops_and_nothing_else(kernel):
+    loaded = kernel["ht-requests"]
+    for pin in ("prog_tc_ingress", "prog_tc_egress"):
+        records = loaded.run(pin, request_frame(REQUEST))[1]
+        assert len(records) == 1 and decode(records[0])["payload_len"] > 0, pin
+        for data in (frame(tcp_segment(b"", flags=0x02)),                                        # SYN to port 80
+                     frame(tcp_segment(b"HTTP/1.1 200 OK\r\n\r\n", sport=80, dport=40000)),   # the response
+                     request_frame(REQUEST, dport=81),                                           # another port
+                     frame(struct.pack("!HHHH", 40000, 53, 8, 0), proto=17)):                    # other traffic
+            assert len(loaded.run(pin, data)[1]) == 0, (pin, data.hex())
+    # The filter's own records stay.
+    result, records = loaded.run("prog_xdp", frame(tcp_segment(b"", dport=22), src=DENIED_V4))
+    assert result["retval"] == XDP_DROP and len(records) == 1
 
 
 def test_default_settings_capture_port_80_with_the_default_rules(kernel):

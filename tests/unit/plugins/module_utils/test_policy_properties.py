@@ -70,6 +70,7 @@ GENERATED_FIELDS = {
     "log.match[].dst_port",
     "log.http", "log.http.ports", "log.http.ports[]", "log.http.headers", "log.http.headers[]", "log.http.redact",
     "log.http.redact[]", "log.http.redact_containing", "log.http.redact_containing[]", "log.http.max_bytes",
+    "log.http.requests_only",
 }
 # RFC 9110 tchar: what a header name may be made of.
 TOKEN_CHARS = "!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits
@@ -295,6 +296,8 @@ def http_settings(draw):
         http["redact_containing"] = draw(st.lists(name_parts, max_size=4, unique_by=str.lower))
     if draw(st.booleans()):
         http["max_bytes"] = draw(st.integers(_http.MIN_MAX_BYTES, _http.MAX_MAX_BYTES))
+    if draw(st.booleans()):
+        http["requests_only"] = draw(st.booleans())
     return http
 
 
@@ -598,6 +601,9 @@ WRONG_VALUES = {
     ("log", "http", "max_bytes"): st.one_of(
         st.integers(max_value=_http.MIN_MAX_BYTES - 1), st.integers(_http.MAX_MAX_BYTES + 1, 10 ** 9),
         st.integers(_http.MIN_MAX_BYTES, _http.MAX_MAX_BYTES).map(str), st.booleans(), st.floats(), poison),
+    ("log", "http", "requests_only"): st.one_of(
+        st.integers(), st.sampled_from(("yes", "true", "")), st.floats(), not_a_list.filter(
+            lambda value: not isinstance(value, bool)), poison),
 }
 
 MUTATION_KINDS = ("wrong value", "bad interface", "duplicate interface", "all among names", "bad cidr",
