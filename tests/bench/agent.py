@@ -85,13 +85,15 @@ def send(fleet: Fleet, rate: int | None, seconds: float) -> dict:
 
 
 def attached_programs(fleet: Fleet) -> dict:
-    """{"xdp": id, "tc_ingress": id} of the programs attached to h2's bench link."""
+    """{"xdp": id, "tc_ingress": id, "tc_egress": id} of the programs attached to h2's bench link."""
     link = json.loads(fleet.exec("h2", "ip", "-j", "link", "show", "dev", filters.IFACE).stdout)[0]
     found = {"xdp": ((link.get("xdp") or {}).get("prog") or {}).get("id")}
-    for entry in json.loads(fleet.exec("h2", "tc", "-j", "filter", "show", "dev", filters.IFACE, "ingress").stdout):
-        prog = ((entry.get("options") or {}).get("prog") or {}).get("id")
-        if prog:
-            found["tc_ingress"] = prog
+    for direction in ("ingress", "egress"):
+        for entry in json.loads(fleet.exec("h2", "tc", "-j", "filter", "show", "dev", filters.IFACE,
+                                           direction).stdout):
+            prog = ((entry.get("options") or {}).get("prog") or {}).get("id")
+            if prog:
+                found["tc_" + direction] = prog
     return found
 
 
