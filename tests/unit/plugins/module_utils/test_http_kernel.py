@@ -58,6 +58,7 @@ REQUESTS = {"name": "ht-requests", "interfaces": ["eth0"], "filter": {"deny": ["
             "log": {"http": {"requests_only": True}}}
 POLICIES = (SMALL, LARGE, DEFAULT, MIDDLE, PLAIN, MATCHED, SAMPLED, REQUESTS)
 
+
 class Loaded:
     """One compiled policy: fds of its programs, its ring buffer and its stats map."""
 

@@ -18,7 +18,6 @@ from ansible_collections.bpfleet.core.plugins.module_utils import _records
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
 
 
-
 def decode(raws, fields=None, **kwargs):
     fields = ALL_FIELDS if fields is None else fields
     kwargs.setdefault("host", "h1")
