@@ -30,7 +30,7 @@ def _plain(value):
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("src", "policy", "name", "state", "force", "allow_lockout", "live_edits",
-                             "confirm_timeout"))
+                             "confirm_timeout", "mask_features"))
 
     def _load_policy(self, args):
         """Return (raw policy, source name, list-file reader), or (None, None, None)."""
@@ -113,6 +113,8 @@ class ActionModule(ActionBase):
                        "live_edits": args.get("live_edits", "keep"), "rendered": rendered}
         if args.get("confirm_timeout"):
             module_args["confirm_timeout"] = args["confirm_timeout"]
+        if args.get("mask_features"):
+            module_args["mask_features"] = list(args["mask_features"])
         module_result = self._execute_module(MODULE, module_args=module_args, task_vars=task_vars)
         warnings_from_module = module_result.pop("warnings", [])
         result.update(module_result)

@@ -26,10 +26,10 @@ import shutil
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _attach as attach
 from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.bpfleet.core.plugins.module_utils import _features, _packing
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 from ansible_collections.bpfleet.core.plugins.module_utils import _live_edits as live_edits
 from ansible_collections.bpfleet.core.plugins.module_utils import _maps as maps
-from ansible_collections.bpfleet.core.plugins.module_utils import _packing
 
 # bpffs refuses names with a dot, so the staged pins use an underscore suffix.
 NEXT_SUFFIX = "_next"
@@ -112,8 +112,14 @@ class Plan:
 
 
 class PolicyHost:
-    def __init__(self, runner, rendered, force=False, live_edits_mode="keep"):
+    def __init__(self, runner, rendered, force=False, live_edits_mode="keep", features=None):
         self.runner = runner
+        # The probed (and possibly masked) kernel features this host compiles for: they are
+        # part of what the program is, so a change of them (a new kernel) recompiles.
+        self.features = features
+        self.features_header = _features.header(features) if features is not None else None
+        self.features_digest = (_features.header_digest(self.features_header)
+                                if self.features_header is not None else None)
         self.live_edits_mode = live_edits_mode
         self.rendered = dict(rendered)
         if rendered.get("interfaces") == [ALL_INTERFACES]:
@@ -136,6 +142,9 @@ class PolicyHost:
         elif state.get("source_digest") != desired["source_digest"]:
             plan.compile_reasons.append("program source changed (%s -> %s)" % (
                 state.get("source_digest", "none")[:19], desired["source_digest"][:19]))
+        elif self.features_digest is not None and state.get("features_digest") != self.features_digest:
+            plan.compile_reasons.append("kernel features changed (%s -> %s)" % (
+                (state.get("features_digest") or "none")[:19], self.features_digest[:19]))
 
         for spec in desired["maps"]:
             shape = _map_shape_ok(paths.map_pin(self.name, spec["name"]), spec)
@@ -262,7 +271,11 @@ class PolicyHost:
 
         new_pins = {}
         if plan.compile:
-            new_pins = compile_and_pin(self.rendered["source"], self.rendered["programs"], pin_dir, NEXT_SUFFIX)
+            if self.features_header is None:
+                new_pins = compile_and_pin(self.rendered["source"], self.rendered["programs"], pin_dir, NEXT_SUFFIX)
+            else:
+                new_pins = compile_and_pin(self.rendered["source"], self.rendered["programs"], pin_dir, NEXT_SUFFIX,
+                                           features_header=self.features_header)
 
         for map_name, upsert, remove in maps.write_order(plan.map_deltas):
             fd = bpf.obj_get(paths.map_pin(self.name, map_name))
@@ -313,6 +326,8 @@ class PolicyHost:
         if plan.live_edits is not None:
             live_edits.write(self.name, plan.live_edits)
         paths.write_atomic(paths.program_file(self.name), self.rendered["source"])
+        if self.features_header is not None:
+            paths.write_atomic(paths.features_file(self.name), self.features_header)
         paths.write_atomic(paths.state_file(self.name), json.dumps(document, indent=2, sort_keys=True) + "\n")
         self.state = document
         return document
@@ -377,6 +392,9 @@ class PolicyHost:
             "name": self.name,
             "source_digest": rendered["source_digest"],
             "maps_digest": rendered["maps_digest"],
+            "features_digest": self._recorded_or_own("features_digest", self.features_digest),
+            "fallbacks": self._recorded_or_own(
+                "fallbacks", sorted(_features.fallbacks_in_use(self.features)) if self.features is not None else None),
             "applied_at": applied_at,
             "interfaces": rendered["interfaces"],
             "xdp_mode": rendered["xdp_mode"],
@@ -385,6 +403,13 @@ class PolicyHost:
             "rule_details": rendered.get("rule_details", []),
             "log": rendered["log"],
         }
+
+    def _recorded_or_own(self, key, own):
+        """Without probed features (a rollback reusing its pins), the program keeps the
+        features it was compiled with: keep what the record says."""
+        if self.features is not None:
+            return own
+        return (self.state or {}).get(key)
 
     def _comparable_state(self, state):
         """The recorded state without what only a real apply knows (time, modes, clsact)."""

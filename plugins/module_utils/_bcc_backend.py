@@ -13,10 +13,11 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import shutil
 import tempfile
 import traceback
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall
+from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall, _features
 
 try:
     from bcc import BPF
@@ -64,17 +65,33 @@ def _program_type(hook):
     return BPF.XDP if hook == "xdp" else BPF.SCHED_CLS
 
 
-def compile_and_pin(source, programs, pin_dir, suffix):
+def _compile(source, features_header):
+    """BPF(text=source) with bpfleet_features.h on the include path (a private directory, so
+    hosts compiling different feature sets at once never see each other's header)."""
+    include_dir = tempfile.mkdtemp(prefix="bpfleet-include-")
+    try:
+        with open(os.path.join(include_dir, _features.FEATURES_HEADER), "w") as handle:
+            handle.write(features_header)
+        return BPF(text=source, cflags=["-I" + include_dir])
+    finally:
+        shutil.rmtree(include_dir, ignore_errors=True)
+
+
+def compile_and_pin(source, programs, pin_dir, suffix, features_header=None):
     """Compile the source, load each program through the verifier, and pin it as <pin><suffix>.
 
-    The maps are BPF_TABLE_PINNED: BCC reuses the pinned ones (keeping counters and list
-    entries) and creates and pins missing ones. Returns {pin name: pinned path}.
-    Nothing is attached here, so a failure leaves the running programs untouched.
+    `features_header` is the text of bpfleet_features.h (_features.header()); None probes
+    this host's kernel for it. The maps are BPF_TABLE_PINNED: BCC reuses the pinned ones
+    (keeping counters and list entries) and creates and pins missing ones. Returns
+    {pin name: pinned path}. Nothing is attached here, so a failure leaves the running
+    programs untouched.
     """
+    if features_header is None:
+        features_header = _features.header(_features.probe()[0])
     capture = _CapturedStderr()
     with capture:
         try:
-            bpf = BPF(text=source)
+            bpf = _compile(source, features_header)
         except Exception as exc:  # BCC raises a bare Exception on compile errors
             compile_exc = exc
         else:

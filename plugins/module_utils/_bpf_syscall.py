@@ -36,9 +36,10 @@ __all__ = [
     "obj_get", "obj_pin", "open_pinned", "fd_closing", "close_fd",
     "map_info", "prog_info", "prog_get_fd_by_id", "map_get_fd_by_id",
     "map_create", "map_lookup", "map_update", "map_delete", "map_keys",
-    "map_update_batch", "map_delete_batch", "map_lookup_batch", "map_update_batch_packed", "map_read_all",
+    "map_update_batch", "map_update_batch_strict", "map_delete_batch", "map_lookup_batch",
+    "map_update_batch_packed", "map_read_all",
     "possible_cpus", "percpu_value_size", "percpu_lookup",
-    "prog_test_run",
+    "prog_test_run", "prog_test_run_flags", "prog_load",
 ]
 
 # --- constants from include/uapi/linux/bpf.h ---------------------------------
@@ -48,6 +49,7 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
+BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
@@ -64,6 +66,7 @@ _COMMAND_NAMES = {
     BPF_MAP_UPDATE_ELEM: "BPF_MAP_UPDATE_ELEM",
     BPF_MAP_DELETE_ELEM: "BPF_MAP_DELETE_ELEM",
     BPF_MAP_GET_NEXT_KEY: "BPF_MAP_GET_NEXT_KEY",
+    BPF_PROG_LOAD: "BPF_PROG_LOAD",
     BPF_OBJ_PIN: "BPF_OBJ_PIN",
     BPF_OBJ_GET: "BPF_OBJ_GET",
     BPF_PROG_TEST_RUN: "BPF_PROG_TEST_RUN",
@@ -131,6 +134,11 @@ _ATTR_INFO = struct.Struct("=IIQ")                     # bpf_fd, info_len, info
 _ATTR_BATCH = struct.Struct("=QQQQIIQQ")
 # prog_fd, retval, data_size_in, data_size_out, data_in, data_out, repeat, duration
 _ATTR_TEST_RUN = struct.Struct("=IIIIQQII")
+_ATTR_TEST_RUN_FLAGS = struct.Struct("=IIIIQQIIIIQQI")     # ... ctx_size_in/out, ctx_in/out, flags
+# prog_type, insn_cnt, insns, license, log_level, log_size, log_buf, kern_version, prog_flags,
+# prog_name
+_ATTR_PROG_LOAD = struct.Struct("=IIQQIIQII16s")
+_INSN = struct.Struct("=BBhi")                             # code, dst_reg:4 | src_reg:4, off, imm
 
 _BATCH_COUNT_OFFSET = 32
 _TEST_RUN_RETVAL_OFFSET = 4
@@ -430,6 +438,18 @@ def _packed(items, what):
     return ctypes.create_string_buffer(joined, len(joined)), size
 
 
+# Cleared by the policy module when the kernel has no batch map operations or the
+# map_batch_ops feature is masked: every batch function then takes its per-element path
+# at once, the path such a kernel takes after its first refused batch call.
+batch_ops_enabled = True
+
+
+def _batch_call(command, attr, detail):
+    if not batch_ops_enabled:
+        raise BpfError(errno.EOPNOTSUPP, _COMMAND_NAMES[command], detail=detail + ", batch operations switched off")
+    return bpf(command, attr, detail=detail)
+
+
 def _batch_attr(fd, keys_buffer, values_buffer, count, elem_flags):
     return _attr(_ATTR_BATCH, 0, 0, _address(keys_buffer), _address(values_buffer), count, fd, elem_flags, 0)
 
@@ -443,6 +463,15 @@ def _batch_done(attr, submitted):
     """
     done = struct.unpack_from("=I", attr, _BATCH_COUNT_OFFSET)[0]
     return done if done < submitted else 0
+
+
+def map_update_batch_strict(fd, keys, values, elem_flags=BPF_ANY):
+    """One BPF_MAP_UPDATE_BATCH call and no fallback: the feature probe's question."""
+    keys_buffer, _key_size = _packed(keys, "keys")
+    values_buffer, _value_size = _packed(values, "values")
+    attr = _batch_attr(fd, keys_buffer, values_buffer, len(keys), elem_flags)
+    bpf(BPF_MAP_UPDATE_BATCH, attr, detail="map fd %d, %d elements" % (fd, len(keys)))
+    return len(keys)
 
 
 def map_update_batch(fd, keys, values, elem_flags=BPF_ANY):
@@ -463,7 +492,7 @@ def map_update_batch(fd, keys, values, elem_flags=BPF_ANY):
     values_buffer, _value_size = _packed(values, "values")
     attr = _batch_attr(fd, keys_buffer, values_buffer, len(keys), elem_flags)
     try:
-        bpf(BPF_MAP_UPDATE_BATCH, attr, detail="map fd %d, %d elements" % (fd, len(keys)))
+        _batch_call(BPF_MAP_UPDATE_BATCH, attr, detail="map fd %d, %d elements" % (fd, len(keys)))
         return len(keys)
     except BpfError as error:
         done = _batch_done(attr, len(keys))
@@ -499,7 +528,7 @@ def map_delete_batch(fd, keys):
         remaining = len(keys) - start
         attr = _attr(_ATTR_BATCH, 0, 0, base + start * key_size, 0, remaining, fd, 0, 0)
         try:
-            bpf(BPF_MAP_DELETE_BATCH, attr, detail="map fd %d, %d keys" % (fd, remaining))
+            _batch_call(BPF_MAP_DELETE_BATCH, attr, detail="map fd %d, %d keys" % (fd, remaining))
             return deleted + remaining
         except BpfError as error:
             done = _batch_done(attr, remaining)
@@ -544,7 +573,7 @@ def map_update_batch_packed(fd, keys, values, key_size, value_size, elem_flags=B
                                                     size * value_size)
         attr = _batch_attr(fd, keys_buffer, values_buffer, size, elem_flags)
         try:
-            bpf(BPF_MAP_UPDATE_BATCH, attr, detail="map fd %d, %d elements" % (fd, size))
+            _batch_call(BPF_MAP_UPDATE_BATCH, attr, detail="map fd %d, %d elements" % (fd, size))
         except BpfError as error:
             partial = _batch_done(attr, size)
             if error.errno not in _BATCH_FALLBACK_ERRNOS:
@@ -579,7 +608,7 @@ def map_lookup_batch(fd, key_size, value_size, chunk=BATCH_CHUNK):
                      ctypes.addressof(keys_buffer), ctypes.addressof(values_buffer), chunk, fd, 0, 0)
         finished = False
         try:
-            bpf(BPF_MAP_LOOKUP_BATCH, attr, detail="map fd %d" % fd)
+            _batch_call(BPF_MAP_LOOKUP_BATCH, attr, detail="map fd %d" % fd)
         except BpfError as error:
             if error.errno != errno.ENOENT:
                 raise
@@ -679,3 +708,34 @@ def prog_test_run(fd, data, repeat=1, data_out_size=0):
         size_out = struct.unpack_from("=I", attr, _TEST_RUN_SIZE_OUT_OFFSET)[0]
         out = data_out.raw[:size_out]
     return {"retval": retval, "duration_ns": duration, "data_out": out}
+
+
+def prog_load(prog_type, insns, log_size=65536, name=""):
+    """Load a raw program (``insns``: (code, regs, off, imm) tuples) through the verifier.
+
+    Returns ``(fd, log)``: the program's descriptor (the caller closes it) and the verifier's
+    log, or ``(None, log)`` with ``error`` set when the verifier refused it. Used by the
+    feature probes, which need the verifier's reason, not only the errno.
+    """
+    code = b"".join(_INSN.pack(*insn) for insn in insns)
+    insn_buffer = ctypes.create_string_buffer(code, len(code))
+    license_buffer = ctypes.create_string_buffer(b"GPL")
+    log_buffer = ctypes.create_string_buffer(log_size)
+    attr = _attr(_ATTR_PROG_LOAD, prog_type, len(insns), ctypes.addressof(insn_buffer),
+                 ctypes.addressof(license_buffer), 1 if log_size else 0, log_size,
+                 ctypes.addressof(log_buffer) if log_size else 0, 0, 0, name.encode()[:15])
+    try:
+        fd = bpf(BPF_PROG_LOAD, attr, detail="program type %d" % prog_type)
+    except BpfError as error:
+        error.verifier_log = log_buffer.value.decode("utf-8", "replace")
+        raise
+    return fd, log_buffer.value.decode("utf-8", "replace")
+
+
+def prog_test_run_flags(fd, data, flags, repeat=1):
+    """BPF_PROG_TEST_RUN with ``flags`` (BPF_F_TEST_XDP_LIVE_FRAMES...): its return value."""
+    data_in = _writable(data, len(data), "data")
+    attr = _attr(_ATTR_TEST_RUN_FLAGS, fd, 0, len(data), 0, _address(data_in), 0, repeat, 0,
+                 0, 0, 0, 0, flags)
+    bpf(BPF_PROG_TEST_RUN, attr, detail="prog fd %d, flags %#x" % (fd, flags))
+    return struct.unpack_from("=I", attr, _TEST_RUN_RETVAL_OFFSET)[0]

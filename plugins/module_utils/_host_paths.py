@@ -41,6 +41,11 @@ def program_file(name):
     return os.path.join(STATE_ROOT, name, "program.c")
 
 
+def features_file(name):
+    """The bpfleet_features.h the applied program was compiled with (beside program.c)."""
+    return os.path.join(STATE_ROOT, name, "bpfleet_features.h")
+
+
 def bpffs_mounted():
     """True when a bpf filesystem is mounted at /sys/fs/bpf (pins need it)."""
     try:

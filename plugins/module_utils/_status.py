@@ -15,6 +15,7 @@ import socket
 import time
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _attach as attach
+from ansible_collections.bpfleet.core.plugins.module_utils import _features as features_probe
 from ansible_collections.bpfleet.core.plugins.module_utils import _history as history
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 from ansible_collections.bpfleet.core.plugins.module_utils import _live_edits as live_edits
@@ -36,11 +37,45 @@ def kernel_status():
         headers["kind"] = "exact" if os.path.basename(target) == "linux-headers-%s" % release else "fallback"
         if headers["kind"] == "fallback":
             headers["version"] = os.path.basename(target).replace("linux-headers-", "")
-    return {
+    status = {
         "release": release,
         "btf": os.path.exists("/sys/kernel/btf/vmlinux"),
         "bpffs": paths.bpffs_mounted(),
         "headers": headers,
+        "bcc_version": bcc_version(),
+    }
+    status.update(kernel_features())
+    return status
+
+
+# Where Debian's python3-bpfcc keeps its version: read as text, so the facts never load BCC.
+BCC_VERSION_FILES = ("/usr/lib/python3/dist-packages/bcc/version.py",)
+
+
+def bcc_version():
+    for path in BCC_VERSION_FILES:
+        text = paths.read_text(path) or ""
+        for line in text.splitlines():
+            if line.startswith("__version__"):
+                return line.split("=", 1)[1].strip().strip("'\"")
+    return None
+
+
+def kernel_features():
+    """The probed features (docs/compatibility.md): {name: bool}, why each missing one is
+    missing, the fallbacks the programs use, and the required features the kernel lacks."""
+    try:
+        # Read-only, as facts must be: a cached answer is used, a fresh one is not stored.
+        probed, cached = features_probe.probe(write_cache=False)
+    except OSError as exc:
+        return {"features": None, "features_error": str(exc)}
+    return {
+        "features": dict((name, result["available"]) for name, result in sorted(probed.items())),
+        "features_missing": dict((name, result["reason"]) for name, result in sorted(probed.items())
+                                 if not result["available"]),
+        "fallbacks": features_probe.fallbacks_in_use(probed),
+        "unsupported": features_probe.missing_required(probed),
+        "probe_cached": cached,
     }
 
 
@@ -187,6 +222,8 @@ def gather(runner, only=None):
                 "applied_at": state.get("applied_at"),
                 "interfaces": state.get("interfaces", []),
                 "xdp_mode": state.get("xdp_mode"),
+                "features_digest": state.get("features_digest"),
+                "fallbacks": state.get("fallbacks"),
             },
             "attachments": attached,
             "drift": drift,

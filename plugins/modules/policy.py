@@ -95,6 +95,15 @@ options:
       - A later change of the same policy without O(confirm_timeout) confirms a pending one.
     type: int
     default: 0
+  mask_features:
+    description:
+      - Kernel features to treat as missing although the host's kernel has them, so that the host compiles and runs
+        the fallback path, as a kernel without them would (a test switch; see the collection's
+        C(docs/compatibility.md) for the features and their fallbacks).
+      - Only optional features can be masked; naming a required or unknown one fails the task before anything changes.
+    type: list
+    elements: str
+    default: []
   rendered:
     description:
       - Internal. Set by the action plugin from O(src) or O(policy); do not set it yourself.
@@ -166,6 +175,16 @@ policy:
       description: sha256 of the canonical list map contents.
       type: str
       sample: sha256:14ddfa6e...
+kernel:
+  description:
+    - The host's kernel as the program was compiled for it. C(features_digest) is the sha256 of the generated
+      C(bpfleet_features.h); C(fallbacks) maps each optional feature the kernel lacks (or that O(mask_features)
+      masked) to what the program does instead; C(masked) lists the masked ones.
+  returned: when O(state=present)
+  type: dict
+  sample: {"release": "6.18.44-fc-v1300", "features_digest": "sha256:6c1d...",
+           "fallbacks": {"xdp_adjust_meta_in_xdp": "the tc ingress logger classifies each logged packet again"},
+           "masked": [], "probe_cached": true}
 compiled:
   description: Whether a compile happened (or, in check mode, would happen).
   returned: when O(state=present)
@@ -215,6 +234,7 @@ warnings_policy:
   elements: str
 """
 
+import platform
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -223,6 +243,8 @@ from ansible.module_utils.common.respawn import has_respawned, probe_interpreter
 from ansible_collections.bpfleet.core.plugins.module_utils import (
     _apply,
     _bcc_backend,
+    _bpf_syscall,
+    _features,
     _history,
     _live_edits,
     _lockout,
@@ -314,12 +336,36 @@ def _confirm(module, rendered):
     _history.arm_confirm(module, rendered["name"], timeout, rendered["source_digest"], compile_fn)
 
 
+def _kernel_features(module):
+    """The probed (cached per kernel and boot) features with the mask applied; a kernel that
+    lacks a required one stops here, before anything on the host has changed."""
+    try:
+        probed, cached = _features.probe(write_cache=not module.check_mode)
+        features = _features.apply_mask(probed, module.params["mask_features"])
+    except _features.MaskError as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg="probing the kernel's BPF features failed: %s" % exc)
+    missing = _features.missing_required(features)
+    _bpf_syscall.batch_ops_enabled = bool(features["map_batch_ops"]["available"])
+    identity = _features.kernel_identity()
+    if missing:
+        module.fail_json(msg="host %s (kernel %s) cannot run bpfleet; nothing was changed. Missing: %s" % (
+            platform.node(), identity["release"], "; ".join(missing)), missing_features=missing)
+    return features, {"release": identity["release"], "probe_cached": cached,
+                      "masked": sorted(module.params["mask_features"]),
+                      "fallbacks": _features.fallbacks_in_use(features)}
+
+
 def _present(module, runner, rendered):
+    features, kernel = _kernel_features(module)
     lockout = _guard_lockout(module, rendered)
     host = _apply.PolicyHost(runner, rendered, force=module.params["force"],
-                             live_edits_mode=module.params["live_edits"])
+                             live_edits_mode=module.params["live_edits"], features=features)
+    kernel["features_digest"] = host.features_digest
     plan = host.plan()
     result = {
+        "kernel": kernel,
         "changed": plan.changed,
         "lockout": lockout,
         "compiled": plan.compile,
@@ -358,6 +404,7 @@ def main():
             allow_lockout=dict(type="bool", default=False),
             live_edits=dict(type="str", default="keep", choices=["keep", "discard"]),
             confirm_timeout=dict(type="int", default=0),
+            mask_features=dict(type="list", elements="str", default=[]),
             rendered=dict(type="dict"),
         ),
         supports_check_mode=True,

@@ -29,17 +29,21 @@ _HELPER = r"""
 import json, os, sys
 config = json.loads(sys.stdin.readline())
 sys.path.insert(0, config["collections"])
-from ansible_collections.bpfleet.core.plugins.module_utils import _bcc_backend, _bpf_syscall as bpf
+from ansible_collections.bpfleet.core.plugins.module_utils import _bcc_backend, _bpf_syscall as bpf, _features
 report = {}
+probed = _features.probe(use_cache=False, write_cache=False)[0]
 for policy in config["policies"]:
     pin_dir = "/sys/fs/bpf/bpfleet/" + policy["name"]
     os.makedirs(pin_dir + "/maps")
+    # mask_features: compile the fallback paths, as a kernel without those features would.
+    features = _features.apply_mask(probed, policy.get("mask_features") or [])
     try:
-        pinned = _bcc_backend.compile_and_pin(policy["source"], policy["programs"], pin_dir, "")
+        pinned = _bcc_backend.compile_and_pin(policy["source"], policy["programs"], pin_dir, "",
+                                              features_header=_features.header(features))
     except _bcc_backend.CompileError as error:
         report[policy["name"]] = {"error": "%s\n%s" % (error, error.log[-3000:])}
         continue
-    entry = {"programs": {}, "maps": {}}
+    entry = {"programs": {}, "maps": {}, "features": features}
     for pin, path in pinned.items():
         with bpf.open_pinned(path) as fd:
             entry["programs"][pin] = bpf.prog_info(fd)

@@ -10,6 +10,10 @@
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/udp.h>
 
+/* HAVE_* macros: what this host's kernel offers, probed on the host when the program is
+ * compiled (plugins/module_utils/_features.py). Every optional feature has a fallback below. */
+#include "bpfleet_features.h"
+
 #define PIN_DIR "/sys/fs/bpf/bpfleet/lab-edge/maps/"
 
 /* Filter: the action for an IP packet that no list matches. */
@@ -513,7 +517,11 @@ static __always_inline void fill_record(struct bpfleet_record *rec, struct packe
                                         u8 dir, struct verdict *v)
 {
     __builtin_memset(rec, 0, sizeof(*rec));
+#if HAVE_KTIME_GET_BOOT_NS
     rec->ts_boot_ns = bpf_ktime_get_boot_ns();
+#else
+    rec->ts_boot_ns = bpf_ktime_get_ns(); /* before 5.8: monotonic, stops during suspend */
+#endif
     rec->ifindex = ifindex;
     rec->pkt_len = len;
     rec->dir = dir;
@@ -566,11 +574,12 @@ static __always_inline void emit_record(struct packet_info *pkt, u32 ifindex, u3
     if (always || should_log(pkt))
         write_record(pkt, ifindex, len, dir, v);
 }
-#if LOG_INGRESS
+#if LOG_INGRESS && HAVE_XDP_ADJUST_META
 /* The XDP program hands its verdict to the tc ingress logger in the frame's metadata area
  * (the bytes before the packet that the stack keeps with the skb, as Cilium hands over
  * identities), so tc does not repeat the list lookups for every packet it records. Where a
- * driver has no metadata area, bpf_xdp_adjust_meta() fails and tc classifies again. */
+ * driver has no metadata area, bpf_xdp_adjust_meta() fails and tc classifies again; where
+ * the kernel refuses the helper in XDP programs (HAVE_XDP_ADJUST_META 0), tc always does. */
 #define VERDICT_MAGIC 0xbf1e
 
 struct verdict_meta {
@@ -607,6 +616,15 @@ static __always_inline int verdict_from_xdp(struct __sk_buff *skb, struct verdic
     v->rule = meta->rule;
     v->log_rule = meta->log_rule;
     return 1;
+}
+#elif LOG_INGRESS
+static __always_inline void hand_over_verdict(struct xdp_md *ctx, struct verdict *v)
+{
+}
+
+static __always_inline int verdict_from_xdp(struct __sk_buff *skb, struct verdict *v)
+{
+    return 0;
 }
 #endif
 

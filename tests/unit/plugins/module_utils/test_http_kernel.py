@@ -20,6 +20,7 @@ import os
 import socket
 import struct
 import sys
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -56,7 +57,12 @@ MATCHED = {"name": "ht-match", "interfaces": ["eth0"], "filter": {"deny": ["198.
 SAMPLED = {"name": "ht-sample", "interfaces": ["eth0"], "log": {"sample": "1/4"}}
 REQUESTS = {"name": "ht-requests", "interfaces": ["eth0"], "filter": {"deny": ["198.51.100.0/24"]},
             "log": {"http": {"requests_only": True}}}
-POLICIES = (SMALL, LARGE, DEFAULT, MIDDLE, PLAIN, MATCHED, SAMPLED, REQUESTS)
+# The fallbacks of issue 13: the same policies compiled as for kernels without the feature.
+SMALL_NO_META = dict(SMALL, name="ht-small-nometa")
+PLAIN_NO_BOOT_CLOCK = dict(PLAIN, name="ht-plain-noboot")
+POLICIES = (SMALL, LARGE, DEFAULT, MIDDLE, PLAIN, MATCHED, SAMPLED, REQUESTS, SMALL_NO_META, PLAIN_NO_BOOT_CLOCK)
+MASKS = {"ht-small-nometa": ["xdp_adjust_meta_in_xdp"],
+         "ht-plain-noboot": ["ktime_get_boot_ns_in_xdp", "ktime_get_boot_ns_in_sched_cls"]}
 
 
 class Loaded:
@@ -65,6 +71,7 @@ class Loaded:
     def __init__(self, model, entry):
         self.model = model
         self.info = entry["programs"]
+        self.features = entry["features"]
         self.progs = dict((pin, bpf.prog_get_fd_by_id(info["id"])) for pin, info in entry["programs"].items())
         events = bpf.map_get_fd_by_id(entry["maps"]["events"])
         try:
@@ -108,7 +115,8 @@ def kernel():
         model = _policy.validate(raw, raw["name"])[0]
         rendered = _render.render(model)
         models[raw["name"]] = model
-        policies.append({"name": raw["name"], "source": rendered["source"], "programs": rendered["programs"]})
+        policies.append({"name": raw["name"], "source": rendered["source"], "programs": rendered["programs"],
+                         "mask_features": MASKS.get(raw["name"], [])})
     loaded = {}
     with private_bpffs.pinned_policies(policies, timeout=60) as report:
         errors = dict((name, entry["error"]) for name, entry in report.items() if "error" in entry)
@@ -318,22 +326,53 @@ def test_xdp_drop_records_name_the_deny_rule(kernel):
     assert (record["action"], record["rule"], record["dir"]) == (_records.ACTIONS.index("drop"), 1, 0)
 
 
-def test_xdp_hands_its_verdict_to_the_tc_logger_in_the_metadata_area(kernel):
-    """A passed packet leaves XDP with 8 bytes of metadata before it (BPF_PROG_TEST_RUN returns
-    them with the frame): struct verdict_meta, which tc ingress reads instead of repeating the
-    list lookups. A dropped packet needs none."""
-    loaded = kernel["ht-small"]
+@pytest.mark.parametrize("name", ["ht-small", "ht-small-nometa"])
+def test_xdp_hands_its_verdict_to_the_tc_logger_where_the_kernel_allows(kernel, name):
+    """Where the kernel lets XDP call bpf_xdp_adjust_meta, a passed packet leaves XDP with 8
+    bytes of metadata before it (BPF_PROG_TEST_RUN returns them with the frame): struct
+    verdict_meta, which tc ingress reads instead of repeating the list lookups. Where it does
+    not (6.18.44-fc-v1300, or the feature masked), the frame leaves XDP unchanged. A dropped
+    packet never carries metadata."""
+    loaded = kernel[name]
+    with_meta = loaded.features["xdp_adjust_meta_in_xdp"]["available"]
+    if name.endswith("-nometa"):
+        assert not with_meta and loaded.features["xdp_adjust_meta_in_xdp"]["reason"] == "masked by mask_features"
     data = frame(tcp_segment(b"", dport=443, flags=0x02))
     result = bpf.prog_test_run(loaded.progs["prog_xdp"], data, data_out_size=len(data) + 64)
     loaded.ring.drain()
     assert result["retval"] == XDP_PASS
-    magic, action, _pad, rule, log_rule = struct.unpack_from("=HBBHH", result["data_out"])
-    assert (magic, action, rule, log_rule) == (0xbf1e, _records.ACTIONS.index("pass"), 0, 0xffff)
-    assert result["data_out"][8:] == data
+    if with_meta:
+        magic, action, _pad, rule, log_rule = struct.unpack_from("=HBBHH", result["data_out"])
+        assert (magic, action, rule, log_rule) == (0xbf1e, _records.ACTIONS.index("pass"), 0, 0xffff)
+        assert result["data_out"][8:] == data
+    else:
+        assert result["data_out"] == data
     dropped = bpf.prog_test_run(loaded.progs["prog_xdp"], frame(tcp_segment(b"", dport=22), src=DENIED_V4),
                                 data_out_size=len(data) + 64)
     loaded.ring.drain()
     assert dropped["retval"] == XDP_DROP and dropped["data_out"] == frame(tcp_segment(b"", dport=22), src=DENIED_V4)
+
+
+def test_without_the_metadata_hand_over_tc_classifies_again(kernel):
+    """The fallback of HAVE_XDP_ADJUST_META 0: tc ingress finds no verdict in front of the frame
+    and looks the source up itself, so its record still names the rule that matched."""
+    loaded = kernel["ht-small-nometa"]
+    _raw, record = one_record(loaded, "prog_tc_ingress", frame(tcp_segment(b"", dport=443, flags=0x02),
+                                                               src=DENIED_V4))
+    assert (record["action"], record["rule"]) == (_records.ACTIONS.index("pass"), 1)
+    _raw, record = one_record(loaded, "prog_tc_ingress", frame(tcp_segment(b"", dport=443, flags=0x02)))
+    assert (record["action"], record["rule"]) == (_records.ACTIONS.index("pass"), 0)
+
+
+def test_without_the_boot_clock_records_carry_the_monotonic_clock(kernel):
+    """The fallback of HAVE_KTIME_GET_BOOT_NS 0 (kernels before 5.8): bpf_ktime_get_ns, which
+    equals the boot clock on a host that never suspended, as test hosts never do."""
+    for name in ("ht-plain", "ht-plain-noboot"):
+        loaded = kernel[name]
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        _raw, record = one_record(loaded, "prog_tc_egress", frame(tcp_segment(b"", flags=0x10)))
+        after = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        assert before - 1000000 <= record["ts"] <= after + 1000000, (name, before, record["ts"], after)
 
 
 def test_log_match_decides_in_the_kernel_which_packets_are_logged(kernel):
