@@ -143,7 +143,7 @@ class Fleet:
         run([sys.executable, LAB, "down", "--name", self.name], check=False, timeout=180)
 
     def netns(self, host: str) -> str:
-        return f"bpfl-{self.name}-{host}"
+        return f"{os.environ.get('BPFLEET_LAB_PREFIX', 'bpfl')}-{self.name}-{host}"
 
     def ns(self, host: str, *argv, check=True, timeout=600, input=None) -> subprocess.CompletedProcess:
         """A command in the host's network namespace only (fast; sees the machine's files)."""

@@ -25,7 +25,9 @@ import subprocess
 import sys
 import time
 
-NS_PREFIX = "bpfl"
+# Namespace names start with this. BPFLEET_LAB_PREFIX lets two checkouts run the same tests
+# at once (each fleet's names then differ); it must stay short and a valid name.
+NS_PREFIX = os.environ.get("BPFLEET_LAB_PREFIX", "bpfl")
 DEFAULT_WORKDIR_BASE = "/tmp/bpfleet-lab"
 STATE_FILE = "state.json"
 # A directory holding this file was made by `up`; `down` deletes no directory without it.

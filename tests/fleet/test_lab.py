@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 LAB = HERE / "bpfleet_lab.py"
 PROBE = HERE / "probe.py"
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+PREFIX = os.environ.get("BPFLEET_LAB_PREFIX", "bpfl")  # as bpfleet_lab.NS_PREFIX
 LAB_NETWORK_PREFIXES = ("203.0.113.", "198.51.100.", "2001:db8:100:")
 
 
@@ -85,7 +86,7 @@ class Fleet:
         return result.stdout
 
     def namespaces(self) -> list[str]:
-        return [ns for ns in list_netns() if ns.startswith(f"bpfl-{self.name}-")]
+        return [ns for ns in list_netns() if ns.startswith(f"{PREFIX}-{self.name}-")]
 
     def processes(self) -> set[int]:
         """Every process inside the fleet's namespaces, plus the recorded sshd pids."""
@@ -169,7 +170,7 @@ def test_hosts_have_the_documented_addresses(fleet):
             assert expected in addresses
         assert fleet.hosts[host]["lab_ipv4_alt"] == f"198.51.100.{index}"
         assert fleet.hosts[host]["lab_iface"] == "eth0"
-        assert fleet.hosts[host]["lab_netns"] == f"bpfl-{fleet.name}-{host}"
+        assert fleet.hosts[host]["lab_netns"] == f"{PREFIX}-{fleet.name}-{host}"
     # No default route: nothing can leave the lab.
     assert "default" not in fleet.ssh("h1", "ip route show; ip -6 route show")
 
@@ -265,10 +266,10 @@ def test_up_after_a_crash_replaces_the_stale_fleet():
         assert revived.ssh("h2", "hostname").strip() == "h2"
         new_pids = [host["sshd_pid"] for host in revived.state()["hosts"]]
         assert set(new_pids).isdisjoint(old_pids)
-        assert sorted(revived.namespaces()) == sorted(f"bpfl-{name}-{n}" for n in ("h1", "h2", "sw"))
+        assert sorted(revived.namespaces()) == sorted(f"{PREFIX}-{name}-{n}" for n in ("h1", "h2", "sw"))
     finally:
         lab("down", "--name", name)
-    assert not [ns for ns in list_netns() if ns.startswith(f"bpfl-{name}-")]
+    assert not [ns for ns in list_netns() if ns.startswith(f"{PREFIX}-{name}-")]
 
 
 def test_down_cleans_stale_namespaces_without_a_state_file():
@@ -294,6 +295,6 @@ def test_up_and_down_leave_a_workdir_they_did_not_make_alone():
         assert "was not made by bpfleet_lab.py" in result.stderr
         lab("down", "--name", name, "--workdir", str(foreign))
         assert (foreign / "precious.txt").read_text() == "keep me"
-        assert not [ns for ns in list_netns() if ns.startswith(f"bpfl-{name}-")]
+        assert not [ns for ns in list_netns() if ns.startswith(f"{PREFIX}-{name}-")]
     finally:
         shutil.rmtree(foreign)
