@@ -43,8 +43,7 @@ class NoGoodPolicy(Exception):
     pass
 
 
-def applied_file(name):
-    return os.path.join(paths.state_dir(name), "applied.json")
+applied_file = paths.applied_file
 
 
 def good_dir(name):

@@ -37,6 +37,11 @@ def state_file(name):
     return os.path.join(STATE_ROOT, name, "state.json")
 
 
+def applied_file(name):
+    """The rendered policy applied now (without its C source): _history writes it."""
+    return os.path.join(STATE_ROOT, name, "applied.json")
+
+
 def program_file(name):
     return os.path.join(STATE_ROOT, name, "program.c")
 
