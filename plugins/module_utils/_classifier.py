@@ -31,10 +31,7 @@ __metaclass__ = type
 import collections
 import ipaddress
 
-try:
-    from . import _contract
-except ImportError:
-    import _contract
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract
 
 PROTO_ICMP = 1
 PROTO_TCP = 6

@@ -63,6 +63,7 @@ LISTS = ("deny", "allow")
 # (map name, address family, list): the order of the four list maps everywhere.
 LIST_FAMILIES = (("deny_v4", 4, "deny"), ("deny_v6", 6, "deny"), ("allow_v4", 4, "allow"), ("allow_v6", 6, "allow"))
 LIST_MAPS = tuple(name for name, _version, _list in LIST_FAMILIES)
+LIST_MAX = {"deny_v4": DENY_V4_MAX, "deny_v6": DENY_V6_MAX, "allow_v4": ALLOW_V4_MAX, "allow_v6": ALLOW_V6_MAX}
 
 
 def list_map(list_name, version):
@@ -87,7 +88,7 @@ RINGBUF_BYTES = 4 * 1024 * 1024
 def map_specs():
     """The maps every program pins, with the shape a host verifies before reusing a pin."""
     lpm = [{"name": name, "type": MAP_TYPE_LPM_TRIE, "key_size": lpm_key_size(version),
-            "value_size": LIST_VALUE_SIZE, "max_entries": _LIST_MAX[name]}
+            "value_size": LIST_VALUE_SIZE, "max_entries": LIST_MAX[name]}
            for name, version, _list in LIST_FAMILIES]
     return lpm + [
         {"name": "stats", "type": MAP_TYPE_PERCPU_ARRAY, "key_size": STAT_KEY.size, "value_size": COUNTER.size,
@@ -100,8 +101,6 @@ def map_specs():
          "max_entries": RINGBUF_BYTES},
     ]
 
-
-_LIST_MAX = {"deny_v4": DENY_V4_MAX, "deny_v6": DENY_V6_MAX, "allow_v4": ALLOW_V4_MAX, "allow_v6": ALLOW_V6_MAX}
 
 # ---- rule ids, actions, directions --------------------------------------------------------
 
