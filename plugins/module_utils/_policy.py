@@ -1116,7 +1116,6 @@ class Model(dict):
     list_values = None
 
 
-
 def list_values(model):
     """{map name: (family, sorted prefix ints, rule id)} of a model; parses the texts only when the
     model did not come straight from validate() (for example after a JSON round trip)."""
