@@ -14,7 +14,8 @@ __metaclass__ = type
 import ipaddress
 import os
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _classifier, _packing
+from ansible_collections.bpfleet.core.plugins.module_utils import _classifier
+from ansible_collections.bpfleet.core.plugins.module_utils._rendered import RenderedPolicy
 
 SSH_PORT = _classifier.SSH_PORT
 
@@ -48,24 +49,22 @@ def controller_endpoint(environ=None):
 
 def lists_of(rendered, lists=None):
     """The list maps to judge by: `lists` (for example with live edits laid over them), else
-    the rendered policy's own, unpacked once and kept in the rendered dict."""
+    the rendered policy's own (decoded once by a RenderedPolicy)."""
     if lists is not None:
         return lists
-    if "_unpacked_lists" not in rendered:
-        rendered["_unpacked_lists"] = _packing.unpack_lists(rendered["lists"])
-    return rendered["_unpacked_lists"]
+    return RenderedPolicy.of(rendered).lists
 
 
 def verdict(address, rendered, port=SSH_PORT, lists=None):
     """(dropped, reason) for a TCP packet from `address` to `port` under the rendered filter,
     as the XDP program decides it (_classifier)."""
     packet = _classifier.Packet.tcp(address, port)
-    decided = _classifier.classify(packet, rendered.get("filter") or {}, lists_of(rendered, lists))
+    decided = _classifier.classify(packet, RenderedPolicy.of(rendered).filter_section, lists_of(rendered, lists))
     return decided.dropped, _classifier.explain(decided, packet)
 
 
 def rate_limits_on(address, rendered, port=SSH_PORT, lists=None):
     """Rate limits that would count the controller's SSH packets (allow-listed sources are exempt)."""
-    decided = _classifier.xdp_verdict(_classifier.Packet.tcp(address, port), rendered.get("filter") or {},
-                                      lists_of(rendered, lists))
+    decided = _classifier.xdp_verdict(_classifier.Packet.tcp(address, port),
+                                      RenderedPolicy.of(rendered).filter_section, lists_of(rendered, lists))
     return [_classifier.describe_limit(limit) for limit in decided.rate_limits]
