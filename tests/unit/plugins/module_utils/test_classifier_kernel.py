@@ -71,7 +71,7 @@ def random_policy(rng, index):
     """A valid policy with random port rules and rate limits (no lists: they live in maps)."""
     while True:
         ports = []
-        for _ in range(rng.randint(0, 6)):
+        for _rule in range(rng.randint(0, 6)):
             rule = random_rule(rng, ("tcp", "udp", "icmp", "any"))
             rule["action"] = rng.choice(("drop", "pass", "log"))
             rule["direction"] = rng.choice(("ingress", "ingress", "ingress", "egress"))
@@ -80,7 +80,7 @@ def random_policy(rng, index):
             # Two log rules that both match most packets: only the first one is the log rule.
             ports[:0] = [{"proto": "tcp", "action": "log"}, {"proto": "any", "action": "log"}]
         limits = [{"match": random_rule(rng, ("tcp", "udp", "icmp", "any")), "per_source": 1,
-                   "burst": rng.randint(1, 3)} for _ in range(rng.randint(0, 2))]
+                   "burst": rng.randint(1, 3)} for _limit in range(rng.randint(0, 2))]
         raw = {"name": "cl-%d" % index, "interfaces": ["eth0"],
                "filter": {"default": rng.choice(("allow", "deny")), "ports": ports, "rate_limit": limits}}
         if any(rule["action"] == "log" for rule in ports):
