@@ -28,6 +28,7 @@ import os
 import platform
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract
 
 # Bump when a probe changes meaning, so cached answers of an older probe set are not reused.
 PROBE_VERSION = 1
@@ -39,7 +40,7 @@ PROG_TYPE_SCHED_CLS = 3
 PROG_TYPE_XDP = 6
 PROG_TYPE_NAMES = {PROG_TYPE_SCHED_CLS: "sched_cls", PROG_TYPE_XDP: "xdp"}
 
-MAP_TYPE_LRU_HASH = 9
+MAP_TYPE_LRU_HASH = _contract.MAP_TYPE_LRU_HASH
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 
 # Helper ids of include/uapi/linux/bpf.h (stable ABI numbers).

@@ -43,8 +43,7 @@ class NoGoodPolicy(Exception):
     pass
 
 
-def applied_file(name):
-    return os.path.join(paths.state_dir(name), "applied.json")
+applied_file = paths.applied_file
 
 
 def good_dir(name):
@@ -192,11 +191,9 @@ def after_apply(name, rendered):
     id_file = applied_file(name) + ".id"
     if paths.read_text(id_file) == _applied_id(rendered) and os.path.exists(applied_file(name)):
         return
+    # The packed transfer form of the lists stays, so a rollback re-applies exactly these lists.
     document = dict(rendered)
     document.pop("source", None)
-    # Decoded lists are objects for this run only; the packed transfer form stays, so a
-    # rollback re-applies exactly these lists.
-    document.pop("_unpacked_lists", None)
     _write_json(applied_file(name), document)
     paths.write_atomic(id_file, _applied_id(rendered), mode=0o600)
 

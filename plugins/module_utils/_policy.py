@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _http, _prefixes
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract, _http, _prefixes
 
 SCHEMA_VERSION = 1
 
@@ -35,20 +35,17 @@ LOG_FIELDS = (
 DEFAULT_LOG_FIELDS = ("action", "rule", "src_ip", "dst_ip", "proto", "src_port", "dst_port", "tcp_flags", "len")
 DEFAULT_LOG_FILE = "/var/log/bpfleet/headers.jsonl"
 
-# Map capacities. LPM tries are created with BPF_F_NO_PREALLOC, so a large limit costs no
-# memory until entries exist, and a fixed limit keeps the pinned map's shape stable across
-# policy edits (a shape change would force a new map and reset counters).
-DENY_V4_MAX = 1048576
-DENY_V6_MAX = 131072
-ALLOW_V4_MAX = 65536
-ALLOW_V6_MAX = 65536
-
-# Rule ids are part of the kernel/user-space contract (docs/architecture.md): the lists
-# have fixed ids, port rules and rate limits take ids from their position in the policy.
-RULE_IDS = {"default": 0, "deny": 1, "allow": 2}
-PORT_RULE_FIRST_ID = 16
+# Map capacities and rule ids are the kernel/user-space contract (_contract): the lists have
+# fixed ids, port rules and rate limits take ids from their position in the policy.
+DENY_V4_MAX = _contract.DENY_V4_MAX
+DENY_V6_MAX = _contract.DENY_V6_MAX
+ALLOW_V4_MAX = _contract.ALLOW_V4_MAX
+ALLOW_V6_MAX = _contract.ALLOW_V6_MAX
+RULE_IDS = _contract.RULE_IDS
+LIST_FAMILIES = _contract.LIST_FAMILIES      # (map name, address family, list)
+PORT_RULE_FIRST_ID = _contract.PORT_RULE_FIRST_ID
 MAX_PORT_RULES = 64
-RATE_LIMIT_FIRST_ID = 128
+RATE_LIMIT_FIRST_ID = _contract.RATE_LIMIT_FIRST_ID
 MAX_RATE_LIMITS = 32
 
 PORT_PROTOS = ("tcp", "udp", "icmp", "any")
@@ -207,7 +204,7 @@ POLICY_SCHEMA = {
                                    "token from its source's bucket; with none left it is dropped and counted as "
                                    "`rate_limited`. Every matching rule applies. Allow-listed sources are "
                                    "exempt. At most %d rules; buckets live in an LRU map of %d sources per "
-                                   "policy." % (MAX_RATE_LIMITS, 131072),
+                                   "policy." % (MAX_RATE_LIMITS, _contract.RATE_BUCKETS_ENTRIES),
                     "items": {
                         "type": "object", "additionalProperties": False, "required": ["per_source"],
                         "properties": {
@@ -730,8 +727,8 @@ def _validate_rate_limits(col, raw, taken):
 
 
 def _validate_filter(col, raw):
-    result = {"default": "allow", "deny_v4": [], "deny_v6": [], "allow_v4": [], "allow_v6": [],
-              "ports": [], "rate_limit": []}
+    result = dict([("default", "allow")] + [(name, []) for name in _contract.LIST_MAPS] + [("ports", []),
+                                                                                           ("rate_limit", [])])
     if raw is None:
         return result
     if not _expect(col, "filter", raw, dict, "a mapping"):
@@ -744,10 +741,12 @@ def _validate_filter(col, raw):
         result["default"] = default
     deny_v4, deny_v6, deny_redundant = _parse_networks(col, "filter.deny", raw.get("deny"))
     allow_v4, allow_v6, allow_redundant = _parse_networks(col, "filter.allow", raw.get("allow"))
-    for label, items, limit in (("IPv4 deny", deny_v4, DENY_V4_MAX), ("IPv6 deny", deny_v6, DENY_V6_MAX),
-                                ("IPv4 allow", allow_v4, ALLOW_V4_MAX), ("IPv6 allow", allow_v6, ALLOW_V6_MAX)):
-        if len(items) > limit:
-            col.error("filter", "%d %s entries exceed the map limit of %d" % (len(items), label, limit))
+    values = {"deny_v4": deny_v4, "deny_v6": deny_v6, "allow_v4": allow_v4, "allow_v6": allow_v6}
+    limits = {"deny_v4": DENY_V4_MAX, "deny_v6": DENY_V6_MAX, "allow_v4": ALLOW_V4_MAX, "allow_v6": ALLOW_V6_MAX}
+    for name, version, list_name in LIST_FAMILIES:
+        if len(values[name]) > limits[name]:
+            col.error("filter", "%d IPv%d %s entries exceed the map limit of %d" % (
+                len(values[name]), version, list_name, limits[name]))
     _warn_limited(col, "filter.deny", deny_redundant)
     _warn_limited(col, "filter.allow", allow_redundant)
     _warn_limited(col, "filter.deny", _shadowed_denies((deny_v4, deny_v6), (allow_v4, allow_v6)))
@@ -760,11 +759,9 @@ def _validate_filter(col, raw):
         col.warn("filter.default", "default deny with an empty allow list drops all IP traffic")
     # The parsed ints travel beside the model (Model.list_values) so rendering need not parse
     # a million texts again.
-    result["_values"] = {"deny_v4": deny_v4, "deny_v6": deny_v6, "allow_v4": allow_v4, "allow_v6": allow_v6}
-    result["deny_v4"] = _prefixes.texts(deny_v4, 4)
-    result["deny_v6"] = _prefixes.texts(deny_v6, 6)
-    result["allow_v4"] = _prefixes.texts(allow_v4, 4)
-    result["allow_v6"] = _prefixes.texts(allow_v6, 6)
+    result["_values"] = values
+    for name, version, _list in LIST_FAMILIES:
+        result[name] = _prefixes.texts(values[name], version)
     taken = {}
     result["ports"] = _validate_ports(col, raw.get("ports"), taken)
     result["rate_limit"] = _validate_rate_limits(col, raw.get("rate_limit"), taken)
@@ -1119,9 +1116,6 @@ class Model(dict):
     list_values = None
 
 
-LIST_FAMILIES = (("deny_v4", 4, "deny"), ("deny_v6", 6, "deny"), ("allow_v4", 4, "allow"), ("allow_v6", 6, "allow"))
-
-
 def list_values(model):
     """{map name: (family, sorted prefix ints, rule id)} of a model; parses the texts only when the
     model did not come straight from validate() (for example after a JSON round trip)."""
@@ -1139,12 +1133,7 @@ def list_values(model):
 def map_contents(model):
     """Desired content of the list maps: map name -> sorted list of [CIDR text, rule id]."""
     flt = model["filter"]
-    return {
-        "deny_v4": [[cidr, RULE_IDS["deny"]] for cidr in flt["deny_v4"]],
-        "deny_v6": [[cidr, RULE_IDS["deny"]] for cidr in flt["deny_v6"]],
-        "allow_v4": [[cidr, RULE_IDS["allow"]] for cidr in flt["allow_v4"]],
-        "allow_v6": [[cidr, RULE_IDS["allow"]] for cidr in flt["allow_v6"]],
-    }
+    return dict((name, [[cidr, RULE_IDS[kind]] for cidr in flt[name]]) for name, _version, kind in LIST_FAMILIES)
 
 
 def digest_of(obj):

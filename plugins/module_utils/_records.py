@@ -31,9 +31,10 @@ import struct
 import time
 
 try:
-    from . import _http
+    from . import _contract, _http
 except ImportError:
     # The agent runs copies of these files as plain sibling modules.
+    import _contract
     import _http
 
 __all__ = [
@@ -45,13 +46,13 @@ __all__ = [
 ]
 
 # struct bpfleet_record, docs/architecture.md ("Header record v1").
-RECORD = struct.Struct("<QIIBBHHH6s6sBBBBHH16s16sHBB8x")
+RECORD = struct.Struct(_contract.RECORD_FORMAT)
 RECORD_SIZE = RECORD.size
-RECORD_VERSION = 1
+RECORD_VERSION = _contract.RECORD_VERSION
 # Record flags (docs/architecture.md, docs/logging-http.md).
-PAYLOAD_TRUNCATED = 0x01            # the end of the request headers is not in the payload
-PAYLOAD_REDACTED = 0x02             # the kernel scanned the payload and blanked sensitive values
-PAYLOAD_CUT = 0x04                  # the segment had more bytes than log.http.max_bytes
+PAYLOAD_TRUNCATED = _contract.PAYLOAD_TRUNCATED
+PAYLOAD_REDACTED = _contract.PAYLOAD_REDACTED
+PAYLOAD_CUT = _contract.PAYLOAD_CUT
 
 ALWAYS_FIELDS = ("ts", "host", "iface", "dir")
 OPTIONAL_FIELDS = (
@@ -60,8 +61,8 @@ OPTIONAL_FIELDS = (
 )
 KEY_ORDER = ALWAYS_FIELDS + OPTIONAL_FIELDS
 
-DIRECTIONS = ("ingress", "egress")
-ACTIONS = ("pass", "drop", "rate_limited")
+DIRECTIONS = _contract.DIRECTIONS
+ACTIONS = _contract.ACTIONS
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 _PORT_PROTOS = frozenset((6, 17))
 _TCP = 6
@@ -75,7 +76,7 @@ _TCP_FLAGS_TEXT = tuple(
 
 _NS_PER_S = 1000000000
 # Rule id of records no filter rule decided (egress): written as null.
-RULE_NONE = 0xFFFF
+RULE_NONE = _contract.RULE_NONE
 
 
 class DecodeResult(collections.namedtuple("DecodeResult", ("records", "malformed"))):

@@ -178,8 +178,8 @@ def main():
     _packing.strip_data(params["packed"])
 
     result = {"changed": edit.changed, "changes": edit.changes()}
-    address, _port = _lockout.controller_endpoint()
-    guard = edit.lockout(address)
+    address, port = _lockout.controller_endpoint()
+    guard = edit.lockout(address, port)
     if guard is not None:
         dropped, reason = guard
         result["lockout"] = {"controller": str(address), "dropped": dropped, "reason": reason}

@@ -252,6 +252,7 @@ from ansible_collections.bpfleet.core.plugins.module_utils import (
     _packing,
 )
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
+from ansible_collections.bpfleet.core.plugins.module_utils._rendered import RenderedPolicy
 from ansible_collections.bpfleet.core.plugins.module_utils._runner import CommandError, CommandRunner
 
 
@@ -299,7 +300,7 @@ def _diff(name, rendered, plan):
 
 def _effective_lists(module, rendered):
     """The lists the maps will hold: the policy's, with the kept live edits laid over them."""
-    lists = rendered["_unpacked_lists"]
+    lists = rendered.lists
     if module.params["live_edits"] != "keep":
         return lists
     recorded = _live_edits.read(rendered["name"])
@@ -420,9 +421,10 @@ def main():
         # The module echoes its arguments back (invocation): strip the packed megabytes there,
         # but keep them in the copy this run applies and records as the last good policy.
         echoed_lists = rendered["lists"]
-        rendered = dict(rendered, lists=dict((name, dict(packed)) for name, packed in echoed_lists.items()))
+        rendered = RenderedPolicy(dict(rendered, lists=dict((name, dict(packed))
+                                                            for name, packed in echoed_lists.items())))
         try:
-            rendered["_unpacked_lists"] = _packing.unpack_lists(rendered["lists"])
+            rendered.decode_lists()
         except _packing.PackingError as exc:
             module.fail_json(msg="the rendered policy's lists are damaged: %s" % exc)
         _packing.strip_data(echoed_lists)

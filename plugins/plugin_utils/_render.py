@@ -14,53 +14,11 @@ import os
 
 import jinja2
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _http, _packing, _policy
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract, _http, _packing, _policy
 
 GENERATOR_VERSION = "0.1.0"
 BPF_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "bpf"))
-PIN_ROOT = "/sys/fs/bpf/bpfleet"
-RINGBUF_BYTES = 4 * 1024 * 1024
-
-# Kernel map types (uapi/linux/bpf.h enum bpf_map_type).
-MAP_TYPE_PERCPU_HASH = 5
-MAP_TYPE_PERCPU_ARRAY = 6
-MAP_TYPE_LRU_HASH = 9
-MAP_TYPE_LPM_TRIE = 11
-MAP_TYPE_RINGBUF = 27
-LPM_V4_KEY_SIZE = 8   # u32 prefixlen + 4 address bytes
-LPM_V6_KEY_SIZE = 20  # u32 prefixlen + 16 address bytes
-COUNTER_SIZE = 16     # struct counter {u64 packets; u64 bytes;}
-RULE_KEY_SIZE = 8     # struct rule_key {u32 ifindex; u32 rule;}
-RATE_KEY_SIZE = 24    # struct rate_key {u32 rule; u8 ip_ver; u8 pad[3]; u8 addr[16];}
-RATE_BUCKET_SIZE = 16  # struct rate_bucket {u64 tokens; u64 last_ns;}
-STATS_SLOTS = 16
-# (interface, rule) pairs: 64 interfaces of a policy times its up to 99 rules, with room.
-RULE_STATS_ENTRIES = 16384
-# Sources tracked by the rate limiter; the least recently seen bucket is evicted first.
-RATE_BUCKETS_ENTRIES = 131072
 NANOS_PER_SECOND = 1000000000
-
-
-def map_manifest():
-    """The maps every program of this generator pins, with the shape the host must verify."""
-    return [
-        {"name": "deny_v4", "type": MAP_TYPE_LPM_TRIE, "key_size": LPM_V4_KEY_SIZE, "value_size": 4,
-         "max_entries": _policy.DENY_V4_MAX},
-        {"name": "deny_v6", "type": MAP_TYPE_LPM_TRIE, "key_size": LPM_V6_KEY_SIZE, "value_size": 4,
-         "max_entries": _policy.DENY_V6_MAX},
-        {"name": "allow_v4", "type": MAP_TYPE_LPM_TRIE, "key_size": LPM_V4_KEY_SIZE, "value_size": 4,
-         "max_entries": _policy.ALLOW_V4_MAX},
-        {"name": "allow_v6", "type": MAP_TYPE_LPM_TRIE, "key_size": LPM_V6_KEY_SIZE, "value_size": 4,
-         "max_entries": _policy.ALLOW_V6_MAX},
-        {"name": "stats", "type": MAP_TYPE_PERCPU_ARRAY, "key_size": 4, "value_size": COUNTER_SIZE,
-         "max_entries": STATS_SLOTS},
-        {"name": "rule_stats", "type": MAP_TYPE_PERCPU_HASH, "key_size": RULE_KEY_SIZE,
-         "value_size": COUNTER_SIZE, "max_entries": RULE_STATS_ENTRIES},
-        {"name": "rate_buckets", "type": MAP_TYPE_LRU_HASH, "key_size": RATE_KEY_SIZE,
-         "value_size": RATE_BUCKET_SIZE, "max_entries": RATE_BUCKETS_ENTRIES},
-        {"name": "events", "type": MAP_TYPE_RINGBUF, "key_size": 0, "value_size": 0,
-         "max_entries": RINGBUF_BYTES},
-    ]
 
 
 def program_manifest(model):
@@ -165,9 +123,11 @@ def render(model):
     source = template.render(
         policy=model,
         generator_version=GENERATOR_VERSION,
-        pin_dir="%s/%s" % (PIN_ROOT, model["name"]),
-        ringbuf_bytes=RINGBUF_BYTES,
-        maps=map_manifest(),
+        pin_dir="%s/%s" % (_contract.PIN_ROOT, model["name"]),
+        ringbuf_bytes=_contract.RINGBUF_BYTES,
+        maps=_contract.map_specs(),
+        contract_defines=_contract.c_defines(),
+        list_maps=_contract.LIST_FAMILIES,
         http=kernel_http(model),
         rule_names=dict((rule["id"], rule["name"]) for rule in _policy.rule_details(model)),
         rate_fill_ns=dict((limit["id"], _fill_nanoseconds(limit)) for limit in model["filter"]["rate_limit"]),
@@ -183,7 +143,7 @@ def render(model):
         "lists": lists,
         "maps_digest": _policy.digest_of(dict((name, [packed["digest"], packed["rule"]])
                                               for name, packed in lists.items())),
-        "maps": map_manifest(),
+        "maps": _contract.map_specs(),
         "programs": program_manifest(model),
         "rules": _policy.rule_names(model),
         "rule_details": _policy.rule_details(model),

@@ -4,8 +4,8 @@
 """bpfleet-agent: drains the policies' ring buffers into JSON lines logs.
 
 Installed by the bpfleet.core.host role as /usr/lib/bpfleet/agent/bpfleet_agent.py
-next to copies of _bpf_syscall.py, _counters.py, _ringbuf.py, _records.py and _http.py, which
-it imports as sibling modules, and started through the launcher bpfleet-agent
+next to copies of _contract.py, _bpf_syscall.py, _counters.py, _ringbuf.py, _records.py and
+_http.py, which it imports as sibling modules, and started through the launcher bpfleet-agent
 beside it. Standard library only: no BCC, no LLVM.
 
   bpfleet-agent run      foreground worker (systemd Type=simple)
@@ -50,13 +50,14 @@ if not os.path.exists(os.path.join(AGENT_DIR, "_ringbuf.py")) and os.path.isdir(
     sys.path.insert(1, os.path.normpath(_CHECKOUT_MODULE_UTILS))
 
 import _bpf_syscall  # noqa: E402
+import _contract  # noqa: E402
 import _counters  # noqa: E402
 import _records  # noqa: E402
 import _ringbuf  # noqa: E402
 
-DEFAULT_STATE_DIR = "/var/lib/bpfleet"
-DEFAULT_PIN_ROOT = "/sys/fs/bpf/bpfleet"
-DEFAULT_RUN_DIR = "/run/bpfleet"
+DEFAULT_STATE_DIR = _contract.STATE_ROOT
+DEFAULT_PIN_ROOT = _contract.PIN_ROOT
+DEFAULT_RUN_DIR = _contract.RUN_DIR
 DEFAULT_AGENT_LOG = "/var/log/bpfleet/agent.log"
 DEFAULT_RECORD_LOG = "/var/log/bpfleet/headers.jsonl"
 
