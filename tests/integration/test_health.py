@@ -9,11 +9,14 @@ problem in the facts and in the fleet report, and each clears by itself once the
 - a full sink: a 1 MiB tmpfs mounted on /var/log/bpfleet/full, filled by a flood; the file is
   removed afterwards and nothing else is done;
 - a flood that overruns the ring buffer (records lost in the kernel).
+And playbooks/rollout.yml's health check fails on a stopped agent through the model, and passes
+once it runs again.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -203,3 +206,35 @@ def test_flood_overruns_the_ring_buffer(fleet):
     facts, _entry = observe(lab)
     assert facts["policies"][POLICY["name"]]["counters"]["records_lost"] >= loss["lost"]
     lab.exec("h1", "rm", "-f", LOG_FILE)
+
+
+def rollout(lab, policy_file: Path) -> subprocess.CompletedProcess:
+    """playbooks/rollout.yml on h1, as an operator runs it; only the model's check looks at the agent."""
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / ".tmp" / "collections"),
+               ANSIBLE_HOST_KEY_CHECKING="false", ANSIBLE_RETRY_FILES_ENABLED="false",
+               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(lab.inventory),
+         str(REPO / "playbooks" / "rollout.yml"), "-e", json.dumps({
+             "rollout_hosts": "h1", "rollout_policy": str(policy_file), "rollout_health_records": "false",
+             "rollout_health_counters": False})],
+        capture_output=True, text=True, timeout=600, env=env, check=False)
+
+
+def test_rollout_health_check_uses_the_model(fleet):
+    lab = fleet
+    policy_file = lab.tmp / "hl-web.yml"
+    policy_file.write_text(json.dumps(POLICY))
+    lab.exec("h1", AGENT, "stop")
+    try:
+        result = rollout(lab, policy_file)
+    finally:
+        lab.exec("h1", AGENT, "start")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert "health check failed on h1" in output, output[-3000:]
+    print("rollout:", next(line.strip() for line in output.splitlines() if "health check failed" in line)[:600])
+    assert "bpfleet-agent is not running" in output, output[-3000:]
+    wait_until(lab, healthy, CLEAR_TIMEOUT_S, "healthy after the agent started")
+    result = rollout(lab, policy_file)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
