@@ -3,9 +3,10 @@
 h1 runs a policy that logs UDP to port 7400 at tc ingress into /var/log/bpfleet/full/health.jsonl;
 the agent judges loss over a 20 s window with a point of history every 2 s (role variables),
 and the facts use the agent's window. Each cause turns h1 unhealthy or degraded with the right
-problem in the facts and in the fleet report, and each clears by itself once the cause is gone:
+problem in the facts and in the fleet report (and the agent's Prometheus textfile for what the
+agent sees), and each clears by itself once the cause is gone:
 - a detached XDP program (ip link set dev eth0 xdp off), repaired by the next policy run;
-- a stopped agent, started again;
+- a stopped agent, started again; a stuck one (SIGSTOP), continued;
 - a full sink: a 1 MiB tmpfs mounted on /var/log/bpfleet/full, filled by a flood; the file is
   removed afterwards and nothing else is done;
 - a flood that overruns the ring buffer (records lost in the kernel).
@@ -32,6 +33,7 @@ sys.path.insert(0, str(REPO / "tests" / "fleet"))
 LAB = REPO / "tests" / "fleet" / "bpfleet_lab.py"
 LAB_HOSTS = 2
 AGENT = "/usr/lib/bpfleet/agent/bpfleet-agent"
+TEXTFILE = "/var/lib/bpfleet/node-exporter/bpfleet.prom"       # per lab host (/var/lib/bpfleet is)
 SINK_DIR = "/var/log/bpfleet/full"
 LOG_FILE = SINK_DIR + "/health.jsonl"
 PORT = 7400
@@ -57,6 +59,7 @@ def fleet(lab):
     lab.playbook([{"name": "host role", "ansible.builtin.include_role": {"name": "bpfleet.core.host"}}],
                  extra=["-e", json.dumps({"bpfleet_host_agent_health_window": WINDOW_S,
                                           "bpfleet_host_agent_health_sample_interval": SAMPLE_S,
+                                          "bpfleet_host_agent_textfile_dir": TEXTFILE.rsplit("/", 1)[0],
                                           "bpfleet_host_agent_status_interval": 0.5})])
     lab.playbook([{"name": "policy", "bpfleet.core.policy": {"policy": POLICY}}], hosts="h1")
     return lab
@@ -115,18 +118,30 @@ def assert_problem(facts, entry, code, text, statuses=("unhealthy",)):
         assert "h1" in entry["summary"]["degraded_hosts"]
 
 
-def flood(lab, seconds: float, pps: int) -> dict:
+def textfile(lab) -> str:
+    return lab.exec("h1", "cat", TEXTFILE).stdout
+
+
+def start_flood(lab, seconds: float, pps: int) -> subprocess.Popen:
+    """h2 floods h1's UDP port PORT (tests/fleet/blast.c, packet mode)."""
     import blast
 
     h1 = lab.hosts["h1"]
-    result = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, str(LAB), "exec", "--name", lab.name, "--host", "h2", "--", str(blast.binary()),
          *blast.options_argv(dict(iface="eth0", src=lab.hosts["h2"]["lab_ipv4"], dst=h1["lab_ipv4"],
                                   dst_mac=h1["lab_mac"], dport=PORT, sports=1000, rate=pps, duration=seconds,
                                   mode="packet"))],
-        capture_output=True, text=True, timeout=seconds + 60, check=False)
-    assert result.returncode == 0, result.stderr
-    return blast.parse_report(result.stdout)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def flood(lab, seconds: float, pps: int) -> dict:
+    import blast
+
+    sender = start_flood(lab, seconds, pps)
+    out, err = sender.communicate(timeout=seconds + 60)
+    assert sender.returncode == 0, err
+    return blast.parse_report(out)
 
 
 def test_a_fresh_host_is_healthy(fleet):
@@ -160,6 +175,20 @@ def test_stopped_agent(fleet):
     wait_until(lab, healthy, CLEAR_TIMEOUT_S, "healthy after the agent started")
 
 
+def test_stuck_agent(fleet):
+    lab = fleet
+    pid = json.loads(lab.exec("h1", AGENT, "status").stdout)["pid"]
+    lab.exec("h1", "kill", "-STOP", str(pid))
+    try:
+        time.sleep(16)
+        facts, entry = observe(lab)
+        assert facts["agent"]["state"] == "stale", facts["agent"]
+        assert_problem(facts, entry, "status_stale", "bpfleet-agent has not updated its status for")
+    finally:
+        lab.exec("h1", "kill", "-CONT", str(pid))
+    wait_until(lab, healthy, CLEAR_TIMEOUT_S, "healthy after the agent continued")
+
+
 def test_full_sink(fleet):
     lab = fleet
     lab.exec("h1", "mkdir", "-p", SINK_DIR)
@@ -176,6 +205,9 @@ def test_full_sink(fleet):
         assert_problem(facts, entry, "disk_full", SINK_DIR)
         assert facts["policies"][POLICY["name"]]["log"]["error"].startswith("cannot write " + LOG_FILE)
         assert facts["health"]["rollout_ok"] is False
+        metrics = textfile(lab)
+        assert 'bpfleet_health{policy="hl-web"} 2\n' in metrics, metrics
+        assert 'bpfleet_health_problem{policy="hl-web",code="sink_failing",severity="unhealthy"} 1' in metrics
         # Cause gone: the file is removed (space freed). Nothing else is done: no traffic, no
         # restart; the problems age out of the window.
         lab.exec("h1", "rm", "-f", LOG_FILE)
@@ -184,15 +216,35 @@ def test_full_sink(fleet):
         freed = time.monotonic()
         wait_until(lab, healthy, CLEAR_TIMEOUT_S, "healthy after the sink was freed")
         assert time.monotonic() - freed <= CLEAR_TIMEOUT_S
+        metrics = textfile(lab)
+        assert 'bpfleet_health{policy="hl-web"} 0\n' in metrics and "bpfleet_health_problem" not in metrics
     finally:
         lab.exec("h1", "umount", "-l", SINK_DIR, check=False)
+
+
+def kernel_loss_seen(facts, entry) -> bool:
+    return "records_lost_kernel" in codes(facts["health"])
 
 
 def test_flood_overruns_the_ring_buffer(fleet):
     lab = fleet
     report = flood(lab, seconds=4, pps=0)          # as fast as the sender can
-    facts, entry = wait_until(lab, lambda f, e: "records_lost_kernel" in codes(f["health"]), 30,
-                              "kernel loss seen")
+    facts, entry = observe(lab)
+    if not kernel_loss_seen(facts, entry):
+        # On a loaded machine the sender may not outrun the agent: flood again with the agent's
+        # worker paused for 3 s (an agent that cannot keep up), so the 4 MiB ring overruns.
+        print("flood alone did not overrun the ring buffer:", report)
+        pid = json.loads(lab.exec("h1", AGENT, "status").stdout)["pid"]
+        sender = start_flood(lab, seconds=5, pps=0)
+        time.sleep(1)
+        lab.exec("h1", "kill", "-STOP", str(pid))
+        time.sleep(3)
+        lab.exec("h1", "kill", "-CONT", str(pid))
+        out, err = sender.communicate(timeout=120)
+        assert sender.returncode == 0, err
+        report = json.loads(out.strip().splitlines()[-1])
+        print("flood with the agent paused for 3 s:", report)
+    facts, entry = wait_until(lab, kernel_loss_seen, 30, "kernel loss seen")
     print("flood:", report, facts["health"]["messages"])
     assert_problem(facts, entry, "records_lost_kernel", "lost in the kernel in the last %d s" % WINDOW_S,
                    statuses=("degraded", "unhealthy"))
