@@ -911,6 +911,10 @@ class Agent(object):
     def update_health(self, policy, now):
         """Add a point to the policy's counter history (every health_sample_interval; the last
         point is always the current one), then judge the policy with the health model."""
+        if not policy.logging_enabled:
+            policy.samples, policy.disk = [], None
+            self.health.pop(policy.name, None)
+            return
         if policy.name in self.previous_samples:
             policy.samples = self.previous_samples.pop(policy.name) + policy.samples
         current = policy.sample(now, os.getpid())
@@ -929,9 +933,6 @@ class Agent(object):
                                "avail_bytes": vfs.f_bavail * vfs.f_frsize}
             except OSError:
                 pass
-        if not policy.logging_enabled:
-            self.health.pop(policy.name, None)
-            return
         self.health[policy.name] = _health.policy_health(
             policy.name, now, log={"enabled": True, "error": policy.error, "error_at_unix": policy.error_at,
                                    "samples": policy.samples, "disk": policy.disk},
