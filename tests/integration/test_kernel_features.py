@@ -142,6 +142,14 @@ def test_each_fallback_compiles_attaches_and_filters_real_traffic(prepared, mask
     assert again["changed"] is False and again["compiled"] is False
 
 
+def test_facts_say_which_xdp_modes_the_interface_driver_took(prepared):
+    policy = facts(prepared)["policies"]["features"]["policy"]
+    tried = policy["xdp_modes_tried"]["eth0"]
+    assert tried["driver"] == "veth"
+    # veth has native XDP; auto mode takes it first.
+    assert tried["native"] == "ok"
+
+
 def test_masking_a_feature_recompiles_and_unmasking_returns(prepared):
     lab = prepared
     apply(lab)
