@@ -4,8 +4,8 @@
 """bpfleet-agent: drains the policies' ring buffers into JSON lines logs.
 
 Installed by the bpfleet.core.host role as /usr/lib/bpfleet/agent/bpfleet_agent.py
-next to copies of _contract.py, _bpf_syscall.py, _counters.py, _ringbuf.py, _records.py and
-_http.py, which it imports as sibling modules, and started through the launcher bpfleet-agent
+next to copies of _contract.py, _bpf_syscall.py, _counters.py, _ringbuf.py, _records.py, _http.py and
+_health.py, which it imports as sibling modules, and started through the launcher bpfleet-agent
 beside it. Standard library only: no BCC, no LLVM.
 
   bpfleet-agent run      foreground worker (systemd Type=simple)
@@ -52,6 +52,7 @@ if not os.path.exists(os.path.join(AGENT_DIR, "_ringbuf.py")) and os.path.isdir(
 import _bpf_syscall  # noqa: E402
 import _contract  # noqa: E402
 import _counters  # noqa: E402
+import _health  # noqa: E402
 import _records  # noqa: E402
 import _ringbuf  # noqa: E402
 
@@ -256,6 +257,19 @@ METRICS = (
     ("bpfleet_policy_logging", "gauge", "1 when the agent reads the policy's ring buffer, 0 otherwise."),
     ("bpfleet_packets_total", "counter", "Packets by the filter rule that decided them, per interface."),
     ("bpfleet_bytes_total", "counter", "Bytes by the filter rule that decided them, per interface."),
+    ("bpfleet_health", "gauge",
+     "Health of the policy's logging as the agent sees it (docs/facts.md): 0 healthy, 1 degraded, 2 unhealthy. "
+     "Attachment drift is in the facts only; a stale file means a stuck agent (bpfleet_agent_status_time_seconds)."),
+    ("bpfleet_host_health", "gauge",
+     "Worst bpfleet_health of the host's policies: 0 healthy, 1 degraded, 2 unhealthy."),
+    ("bpfleet_health_problem", "gauge", "A problem of the health model (value 1), by code and severity."),
+    ("bpfleet_health_window_seconds", "gauge", "The window the health model judges loss and errors over."),
+    ("bpfleet_window_records_lost", "gauge",
+     "Header records lost within the health window: where=kernel (ring buffer full), where=agent (not written)."),
+    ("bpfleet_window_records", "gauge",
+     "Header records within the health window: where=kernel offered to the ring buffer, where=agent handled."),
+    ("bpfleet_log_filesystem_avail_bytes", "gauge", "Bytes available to the agent on the file system of the log."),
+    ("bpfleet_log_filesystem_size_bytes", "gauge", "Size of the file system of the log."),
 )
 
 
@@ -290,6 +304,24 @@ def prometheus_text(agent, updated_ns):
         last = _rfc3339_seconds(policy.last_record_time)
         if last is not None:
             samples["bpfleet_last_record_timestamp_seconds"].append((label, "%.3f" % last))
+        health = getattr(agent, "health", {}).get(policy.name)
+        if health is not None:
+            samples["bpfleet_health"].append((label, _health.severity_value(health["status"])))
+            for item in health["problems"]:
+                samples["bpfleet_health_problem"].append(
+                    (label + ',code="%s",severity="%s"' % (_label(item["code"]), _label(item["severity"])), 1))
+            loss = health.get("loss")
+            if loss:
+                if loss["kernel"]["known"]:
+                    samples["bpfleet_window_records_lost"].append((label + ',where="kernel"', loss["kernel"]["lost"]))
+                    samples["bpfleet_window_records"].append((label + ',where="kernel"', loss["kernel"]["offered"]))
+                if loss["user"]["known"]:
+                    samples["bpfleet_window_records_lost"].append((label + ',where="agent"', loss["user"]["lost"]))
+                    samples["bpfleet_window_records"].append((label + ',where="agent"', loss["user"]["handled"]))
+        if getattr(policy, "disk", None):
+            path_label = label + ',path="%s"' % _label(policy.disk["path"])
+            samples["bpfleet_log_filesystem_avail_bytes"].append((path_label, policy.disk["avail_bytes"]))
+            samples["bpfleet_log_filesystem_size_bytes"].append((path_label, policy.disk["size_bytes"]))
         for (ifindex, rule_id), (packets, byte_count) in sorted(policy.rule_counters.items()):
             rule = policy.rules.get(str(rule_id), str(rule_id))
             labels = '%s,iface="%s",rule="%s",action="%s"' % (
@@ -297,6 +329,9 @@ def prometheus_text(agent, updated_ns):
                 _label(policy.rule_actions.get(rule, "unknown")))
             samples["bpfleet_packets_total"].append((labels, packets))
             samples["bpfleet_bytes_total"].append((labels, byte_count))
+    if getattr(agent, "host_health", None) is not None:
+        samples["bpfleet_host_health"].append(("", _health.severity_value(agent.host_health["status"])))
+        samples["bpfleet_health_window_seconds"].append(("", "%g" % agent.health_window))
     out = []
     for name, kind, help_text in METRICS:
         if not samples[name]:
@@ -491,6 +526,10 @@ class PolicyLog(object):
         self.rule_counters = {}
         self.last_record_time = None
         self.error = None
+        self.error_at = None            # UNIX time the error last happened (the health window)
+        self.samples = []               # counter history for the health model (Agent.sample)
+        self.disk = None
+        self.stats_map_id = None        # identity of the kernel's counters (a new map restarts them)
 
     def state(self):
         if not self.logging_enabled:
@@ -513,7 +552,16 @@ class PolicyLog(object):
             "records_recovered": self.records_recovered,
             "last_record_time": self.last_record_time,
             "error": self.error,
+            "error_at_unix": self.error_at,
+            "disk": self.disk,
+            "samples": self.samples,
         }
+
+    def sample(self, now, pid):
+        """The counters now, as the health model reads them (_health.window_loss)."""
+        return {"t": round(now, 3), "pid": pid, "map": self.stats_map_id,
+                "emitted": self.records_emitted_kernel, "lost_kernel": self.records_lost_kernel,
+                "written": self.records_written, "lost_user": self.records_lost_user}
 
 
 # --- the worker --------------------------------------------------------------------
@@ -527,6 +575,13 @@ class Agent(object):
         self.poll_interval = options.poll_interval
         self.rescan_interval = options.rescan_interval
         self.status_interval = options.status_interval
+        self.health_window = float(options.health_window)
+        self.health_sample_interval = float(options.health_sample_interval)
+        self.health_limits = _health.thresholds({"window_s": self.health_window,
+                                                 "sample_interval_s": self.health_sample_interval})
+        self.health = {}
+        self.host_health = None
+        self.previous_samples = {}
         self.supervised = options.supervised
         self.status_path = os.path.join(self.run_dir, STATUS_FILE)
         self.textfile_dir = options.textfile_dir
@@ -714,6 +769,7 @@ class Agent(object):
         if message != policy.error:
             log.warning("policy %s: %s", policy.key, message)
         policy.error = message
+        policy.error_at = round(time.time(), 3)
 
     def close_ring(self, policy):
         if policy.ring is not None:
@@ -834,6 +890,7 @@ class Agent(object):
         try:
             with _bpf_syscall.fd_closing(_bpf_syscall.obj_get(os.path.join(maps_dir, "stats"))) as fd:
                 policy.records_emitted_kernel, policy.records_lost_kernel = read_kernel_counters(fd)
+                policy.stats_map_id = _bpf_syscall.map_info(fd)["id"]
         except (OSError, ValueError):
             pass
         try:
@@ -842,14 +899,58 @@ class Agent(object):
         except (OSError, ValueError):
             policy.rule_counters = {}
 
+    def load_previous_samples(self):
+        """The counter history a previous worker left in the status file, so the health window
+        spans agent restarts (the kernel's counters continue; the worker's restart)."""
+        previous = read_status_file(self.run_dir) or {}
+        for name, entry in (previous.get("policies") or {}).items():
+            if isinstance(entry, dict) and isinstance(entry.get("samples"), list):
+                # The previous worker's last point ("current") is history now.
+                self.previous_samples[name] = [dict((k, v) for k, v in point.items() if k != "current")
+                                               for point in entry["samples"] if isinstance(point, dict)]
+
+    def update_health(self, policy, now):
+        """Add a point to the policy's counter history (every health_sample_interval; the last
+        point is always the current one), then judge the policy with the health model."""
+        if not policy.logging_enabled:
+            policy.samples, policy.disk = [], None
+            self.health.pop(policy.name, None)
+            return
+        if policy.name in self.previous_samples:
+            policy.samples = self.previous_samples.pop(policy.name) + policy.samples
+        current = policy.sample(now, os.getpid())
+        history = policy.samples[:-1] if policy.samples and policy.samples[-1].get("current") else policy.samples
+        if not history or now - history[-1]["t"] >= self.health_sample_interval:
+            history.append(current)
+        keep_from = now - self.health_window - 2 * self.health_sample_interval
+        history = [point for point in history if point["t"] >= keep_from]
+        policy.samples = history + [dict(current, current=True)]
+        policy.disk = None
+        if policy.sink is not None:
+            directory = os.path.dirname(policy.sink.path) or "/"
+            try:
+                vfs = os.statvfs(directory)
+                policy.disk = {"path": directory, "size_bytes": vfs.f_blocks * vfs.f_frsize,
+                               "avail_bytes": vfs.f_bavail * vfs.f_frsize}
+            except OSError:
+                pass
+        self.health[policy.name] = _health.policy_health(
+            policy.name, now, log={"enabled": True, "error": policy.error, "error_at_unix": policy.error_at,
+                                   "samples": policy.samples, "disk": policy.disk},
+            limits=self.health_limits)
+
     def write_status(self):
         updated_ns = time.time_ns()
         policies = {}
         malformed = 0
         for policy in self.policies.values():
             self.read_kernel(policy)
+            self.update_health(policy, updated_ns / 1e9)
             policies[policy.name] = policy.status()
             malformed += policy.records_malformed
+        for name in set(self.health) - set(policies):
+            del self.health[name]
+        self.host_health = _health.host_health(self.health, {"state": "running"}, self.health_limits)
         document = {
             "pid": os.getpid(),
             "supervisor_pid": os.getppid() if self.supervised else None,
@@ -862,6 +963,8 @@ class Agent(object):
             "updated_at_unix": round(updated_ns / 1e9, 3),
             "records_malformed": malformed,
             "textfile": os.path.join(self.textfile_dir, TEXTFILE_NAME) if self.textfile_dir else None,
+            "health": {"window_s": self.health_window, "sample_interval_s": self.health_sample_interval,
+                       "status": self.host_health["status"], "messages": self.host_health["messages"]},
             "policies": policies,
         }
         try:
@@ -885,6 +988,7 @@ class Agent(object):
                       os.path.join(self.run_dir, WORKER_LOCK_FILE))
             return EXIT_LOCKED
         self.install_signal_handlers()
+        self.load_previous_samples()
         log.info("bpfleet-agent %s started (pid %d, state %s, pins %s)",
                  AGENT_VERSION, os.getpid(), self.state_dir, self.pin_root)
         next_rescan = next_status = 0.0
@@ -1006,7 +1110,9 @@ def path_options(options):
                     "--run-dir", options.run_dir,
                     "--poll-interval", str(options.poll_interval),
                     "--rescan-interval", str(options.rescan_interval),
-                    "--status-interval", str(options.status_interval)]
+                    "--status-interval", str(options.status_interval),
+                    "--health-window", str(options.health_window),
+                    "--health-sample-interval", str(options.health_sample_interval)]
 
 
 # --- daemon mode -----------------------------------------------------------------------
@@ -1292,6 +1398,8 @@ CONFIG_DEFAULTS = {
     "status_interval": 1.0,
     "textfile_dir": None,
     "syslog": None,
+    "health_window": _health.DEFAULTS["window_s"],
+    "health_sample_interval": _health.DEFAULTS["sample_interval_s"],
 }
 
 
@@ -1335,6 +1443,10 @@ def parse_arguments(argv):
                         help="seconds between scans of the state directory (2)")
     parser.add_argument("--status-interval", type=float,
                         help="seconds between status and metrics file writes (1)")
+    parser.add_argument("--health-window", type=float,
+                        help="seconds over which the health model judges record loss and errors (300)")
+    parser.add_argument("--health-sample-interval", type=float,
+                        help="seconds between the points of counter history kept for it (10)")
     parser.add_argument("--textfile-dir",
                         help="write bpfleet.prom there for node_exporter's textfile collector (off by default)")
     parser.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
