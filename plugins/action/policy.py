@@ -66,6 +66,14 @@ class ActionModule(ActionBase):
         with open(path, encoding="utf-8") as handle:
             return handle.read()
 
+    def _sink_dirs(self, task_vars):
+        """The host role's bpfleet_host_agent_sink_dirs for this host (default /var/log/bpfleet)."""
+        value = (task_vars or {}).get("bpfleet_host_agent_sink_dirs")
+        if value is None:
+            return None
+        value = _plain(self._templar.template(value))
+        return [value] if isinstance(value, str) else value
+
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp
@@ -84,7 +92,8 @@ class ActionModule(ActionBase):
             return result
 
         try:
-            model, warnings = _policy.validate(raw, source, read_file=read_file)
+            model, warnings = _policy.validate(raw, source, read_file=read_file,
+                                               sink_dirs=self._sink_dirs(task_vars))
         except _policy.PolicyError as exc:
             result["failed"] = True
             result["msg"] = "invalid policy (%d problem%s):\n%s" % (

@@ -250,6 +250,7 @@ from ansible_collections.bpfleet.core.plugins.module_utils import (
     _lockout,
     _maps,
     _packing,
+    _safe_files,
 )
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 from ansible_collections.bpfleet.core.plugins.module_utils._runner import CommandError, CommandRunner
@@ -357,7 +358,21 @@ def _kernel_features(module):
                       "fallbacks": _features.fallbacks_in_use(features)}
 
 
+def _check_sink(module, rendered):
+    """The log file again, on the host, against the directories its role allows (docs/security.md)."""
+    log = rendered.get("log") or {}
+    if not log.get("enabled") or not log.get("file"):
+        return
+    dirs = _safe_files.host_sink_dirs()
+    try:
+        _safe_files.check_path(log["file"], dirs)
+    except _safe_files.UnsafePath as exc:
+        module.fail_json(msg="log.sink.file: %s (this host allows %s); nothing was changed"
+                             % (exc, _safe_files.describe_dirs(dirs)))
+
+
 def _present(module, runner, rendered):
+    _check_sink(module, rendered)
     features, kernel = _kernel_features(module)
     lockout = _guard_lockout(module, rendered)
     host = _apply.PolicyHost(runner, rendered, force=module.params["force"],

@@ -1,0 +1,134 @@
+"""Security guarantees on real lab hosts (docs/security.md).
+
+Confined writes:
+- `log.sink.file: /etc/shadow` and `/var/log/../../etc/cron.d/x` are refused on the controller
+  with a path-bearing error; nothing on the host changes;
+- a log directory the controller allows but the host's role does not (agent.json sink_dirs)
+  is refused again by the module on the host;
+- a symlink planted in /var/log/bpfleet where a policy's log file goes: the agent refuses
+  it, counts the records it could not write, says why in its status and the facts, and
+  the link's target outside the allowed directory is not written;
+- a state.json forged on the host with a log file outside the allowed directories: the agent
+  refuses it too (the third check, independent of the controller and the module).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+LAB_HOSTS = 2
+AGENT = "/usr/lib/bpfleet/agent/bpfleet-agent"
+PORT = 47001            # Lab.udp_delivered sends to this port
+TARGET = "/var/log/outside-target.txt"          # per lab host: /var/log is the host's own
+PLANTED = "/var/log/bpfleet/planted.jsonl"
+
+
+def policy(name: str, sink: str) -> dict:
+    return {"name": name, "interfaces": ["eth0"],
+            "log": {"fields": ["action", "src_ip", "dst_port"], "directions": ["ingress"],
+                    "match": [{"proto": "udp", "port": PORT}], "sink": {"file": sink}}}
+
+
+@pytest.fixture(scope="module")
+def fleet(lab):
+    lab.playbook([{"name": "host role", "ansible.builtin.include_role": {"name": "bpfleet.core.host"}}],
+                 extra=["-e", json.dumps({"bpfleet_host_agent_status_interval": 0.5})])
+    return lab
+
+
+def sha256_on(lab, host: str, path: str) -> str:
+    return lab.exec(host, "sh", "-c", f"sha256sum {path} 2>/dev/null || echo missing").stdout.split()[0]
+
+
+def agent_policy_status(lab, host: str, name: str) -> dict:
+    result = lab.exec(host, AGENT, "status", check=False)
+    status = (json.loads(result.stdout).get("status") or {}).get("policies") or {}
+    return status.get(name) or {}
+
+
+def wait_for(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {value})")
+
+
+@pytest.mark.parametrize("sink, message", [
+    ("/etc/shadow", "log.sink.file: must be a file under /var/log/bpfleet/ (the directories the host role allows, "
+                    "bpfleet_host_agent_sink_dirs), got '/etc/shadow'"),
+    ("/var/log/../../etc/cron.d/x", "log.sink.file: must not contain '..' components, "
+                                    "got '/var/log/../../etc/cron.d/x'"),
+])
+def test_controller_refuses_sinks_outside_the_log_directory(fleet, sink, message):
+    lab = fleet
+    shadow_before = sha256_on(lab, "h1", "/etc/shadow")
+    outcome = lab.playbook([{"name": "policy", "bpfleet.core.policy": {"policy": policy("sec-bad", sink)}}],
+                           hosts="h1", expect_failure=True)
+    result = outcome["h1"][0]
+    assert result["failed"] and message in result["msg"], result["msg"]
+    assert "<inline policy>: " + message in result["problems"]
+    assert "invocation" not in result or result.get("changed") is not True
+    assert sha256_on(lab, "h1", "/etc/shadow") == shadow_before
+    assert lab.exec("h1", "test", "-e", "/var/lib/bpfleet/sec-bad", check=False).returncode != 0
+    assert lab.exec("h1", "test", "-e", "/etc/cron.d/x", check=False).returncode != 0
+
+
+def test_host_refuses_a_directory_its_role_did_not_allow(fleet):
+    lab = fleet
+    wider = {"bpfleet_host_agent_sink_dirs": ["/var/log/bpfleet", "/var/log/elsewhere"]}
+    outcome = lab.playbook([{"name": "policy", "bpfleet.core.policy": {
+        "policy": policy("sec-wider", "/var/log/elsewhere/x.jsonl")}}], hosts="h1", expect_failure=True,
+        extra=["-e", json.dumps(wider)])
+    msg = outcome["h1"][0]["msg"]
+    assert "log.sink.file: must be a file under /var/log/bpfleet/" in msg and "this host allows" in msg, msg
+    assert "nothing was changed" in msg
+    assert lab.exec("h1", "test", "-e", "/var/lib/bpfleet/sec-wider", check=False).returncode != 0
+
+
+def test_agent_refuses_a_symlink_planted_in_the_log_directory(fleet):
+    lab = fleet
+    lab.exec("h1", "sh", "-c", f"echo 'not for the agent' > {TARGET} && ln -sf {TARGET} {PLANTED}")
+    target_before = sha256_on(lab, "h1", TARGET)
+    lab.exec("h1", "touch", "/var/log/.bpfleet-security-marker")
+    outcome = lab.playbook([{"name": "policy", "bpfleet.core.policy": {"policy": policy("sec-planted", PLANTED)}}],
+                           hosts="h1")
+    assert outcome["h1"][0]["changed"]
+    wait_for(lambda: agent_policy_status(lab, "h1", "sec-planted").get("map_id"), what="the agent to open the ring")
+    delivered = lab.udp_delivered("h2", lab.hosts["h2"]["lab_ipv4"], "h1", lab.hosts["h1"]["lab_ipv4"], count=10)
+    assert delivered == 10
+    status = wait_for(lambda: (lambda s: s if s.get("records_lost_user", 0) >= 10 else None)(
+        agent_policy_status(lab, "h1", "sec-planted")), what="records counted lost")
+    assert status["state"] == "error" and "symlink" in status["error"], status
+    assert status["records_written"] == 0
+    assert sha256_on(lab, "h1", TARGET) == target_before
+    assert lab.exec("h1", "test", "-L", PLANTED).returncode == 0
+    written_outside = lab.exec("h1", "sh", "-c", "find /var/log -newer /var/log/.bpfleet-security-marker -type f "
+                                                  "-not -path '/var/log/bpfleet/*' -print").stdout.split()
+    assert written_outside == [], written_outside
+    facts = lab.playbook([{"name": "facts", "bpfleet.core.bpfleet_facts": {"name": "sec-planted"}}], hosts="h1")
+    log = facts["h1"][0]["ansible_facts"]["bpfleet"]["policies"]["sec-planted"]["log"]
+    assert log["state"] == "error" and "symlink" in log["error"] and log["records_lost_user"] >= 10, log
+    lab.playbook([{"name": "remove", "bpfleet.core.policy": {"name": "sec-planted", "state": "absent"}}], hosts="h1")
+
+
+def test_agent_refuses_a_forged_state_file(fleet):
+    lab = fleet
+    forged = {"schema": 1, "name": "sec-forged", "rules": {},
+              "log": {"enabled": True, "fields": ["len"], "file": "/root/forged.jsonl"}}
+    lab.exec("h1", "sh", "-c", "mkdir -p /var/lib/bpfleet/sec-forged && cat > /var/lib/bpfleet/sec-forged/state.json "
+                               "<<'EOF'\n%s\nEOF" % json.dumps(forged))
+    try:
+        status = wait_for(lambda: agent_policy_status(lab, "h1", "sec-forged").get("error"), what="a refusal")
+        assert "log.sink.file /root/forged.jsonl refused: must be a file under /var/log/bpfleet/" in status, status
+        assert lab.exec("h1", "test", "-e", "/root/forged.jsonl", check=False).returncode != 0
+    finally:
+        lab.exec("h1", "rm", "-rf", "/var/lib/bpfleet/sec-forged")
