@@ -18,6 +18,7 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _policy
 from ansible_collections.bpfleet.core.plugins.plugin_utils import _render
+from ansible_collections.bpfleet.core.plugins.plugin_utils._audit_actor import controller_actor
 
 MODULE = "bpfleet.core.policy"
 
@@ -87,7 +88,7 @@ class ActionModule(ActionBase):
             if state != "absent" or not args.get("name"):
                 raise AnsibleActionFail("give src (a policy file) or policy (a dict)%s" % (
                     ", or name with state=absent" if state == "absent" else ""))
-            module_args = {"state": "absent", "name": args["name"]}
+            module_args = {"state": "absent", "name": args["name"], "audit_actor": controller_actor()}
             result.update(self._execute_module(MODULE, module_args=module_args, task_vars=task_vars))
             return result
 
@@ -119,7 +120,8 @@ class ActionModule(ActionBase):
 
         module_args = {"state": state, "force": bool(args.get("force", False)),
                        "allow_lockout": bool(args.get("allow_lockout", False)),
-                       "live_edits": args.get("live_edits", "keep"), "rendered": rendered}
+                       "live_edits": args.get("live_edits", "keep"), "rendered": rendered,
+                       "audit_actor": controller_actor()}
         if args.get("confirm_timeout"):
             module_args["confirm_timeout"] = args["confirm_timeout"]
         if args.get("mask_features"):

@@ -15,6 +15,7 @@ import socket
 import time
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _attach as attach
+from ansible_collections.bpfleet.core.plugins.module_utils import _audit as audit
 from ansible_collections.bpfleet.core.plugins.module_utils import _features as features_probe
 from ansible_collections.bpfleet.core.plugins.module_utils import _history as history
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
@@ -239,4 +240,6 @@ def gather(runner, only=None):
         "agent": agent,
         "policies": policies,
         "policy_names": sorted(policies),
+        # The hash-chained record of changes on this host, verified now (docs/security.md).
+        "audit": audit.verify(),
     }

@@ -108,6 +108,11 @@ options:
     description:
       - Internal. Set by the action plugin from O(src) or O(policy); do not set it yourself.
     type: dict
+  audit_actor:
+    description:
+      - Internal. Set by the action plugin to the controller's user and host name, which the host's audit trail
+        records with every change (docs/security.md); do not set it yourself.
+    type: dict
 requirements:
   - On the host, BCC's Python bindings for the system Python (Debian/Ubuntu package C(python3-bpfcc)) and kernel
     headers (the M(bpfleet.core.host) role installs both).
@@ -242,6 +247,7 @@ from ansible.module_utils.common.respawn import has_respawned, probe_interpreter
 
 from ansible_collections.bpfleet.core.plugins.module_utils import (
     _apply,
+    _audit,
     _bcc_backend,
     _bpf_syscall,
     _features,
@@ -371,6 +377,11 @@ def _check_sink(module, rendered):
                              % (exc, _safe_files.describe_dirs(dirs)))
 
 
+def _audit_warn(module, problem):
+    if problem:
+        module.warn(problem)
+
+
 def _present(module, runner, rendered):
     _check_sink(module, rendered)
     features, kernel = _kernel_features(module)
@@ -379,6 +390,7 @@ def _present(module, runner, rendered):
                              live_edits_mode=module.params["live_edits"], features=features)
     kernel["features_digest"] = host.features_digest
     plan = host.plan()
+    before = _audit.digests(rendered["name"])
     result = {
         "kernel": kernel,
         "changed": plan.changed,
@@ -399,6 +411,10 @@ def _present(module, runner, rendered):
         result["attachments"] = document.get("attach_modes", {})
         _history.after_apply(rendered["name"], rendered)
         _confirm(module, rendered)
+        _audit_warn(module, _audit.record_change(
+            "policy_apply", rendered["name"], before, module.params["audit_actor"],
+            {"compiled": bool(plan.compile), "confirm_timeout": module.params["confirm_timeout"] or None,
+             "force": module.params["force"], "allow_lockout": module.params["allow_lockout"]}))
     elif not module.check_mode:
         result["attachments"] = (host.state or {}).get("attach_modes", {})
         _history.after_apply(rendered["name"], rendered)
@@ -421,6 +437,7 @@ def main():
             confirm_timeout=dict(type="int", default=0),
             mask_features=dict(type="list", elements="str", default=[]),
             rendered=dict(type="dict"),
+            audit_actor=dict(type="dict"),
         ),
         supports_check_mode=True,
     )
@@ -450,7 +467,10 @@ def main():
             if not name:
                 module.fail_json(msg="state=absent needs name, src or policy")
             host = _apply.PolicyHost(runner, {"name": name, "programs": [], "interfaces": []})
+            before = _audit.digests(name)
             changed = host.remove()
+            if changed and not module.check_mode:
+                _audit_warn(module, _audit.record_change("policy_remove", name, before, module.params["audit_actor"]))
             module.exit_json(changed=changed, commands=runner.commands, policy={"name": name})
         result = _present(module, runner, rendered)
     except _bcc_backend.CompileError as exc:

@@ -10,16 +10,30 @@ Confined writes:
   the link's target outside the allowed directory is not written;
 - a state.json forged on the host with a log file outside the allowed directories: the agent
   refuses it too (the third check, independent of the controller and the module).
+
+Audit trail: a policy apply and a list edit each append one hash-chained record with the
+controller's user and host and the SSH client's address; one record edited on h1 makes the
+facts say where the chain breaks and playbooks/report.yml flag h1; deleting it is caught too.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+COLLECTIONS = REPO / ".tmp" / "collections"
+VENV_BIN = Path(sys.executable).parent
 
 LAB_HOSTS = 2
 AGENT = "/usr/lib/bpfleet/agent/bpfleet-agent"
@@ -105,8 +119,11 @@ def test_agent_refuses_a_symlink_planted_in_the_log_directory(fleet):
     wait_for(lambda: agent_policy_status(lab, "h1", "sec-planted").get("map_id"), what="the agent to open the ring")
     delivered = lab.udp_delivered("h2", lab.hosts["h2"]["lab_ipv4"], "h1", lab.hosts["h1"]["lab_ipv4"], count=10)
     assert delivered == 10
-    status = wait_for(lambda: (lambda s: s if s.get("records_lost_user", 0) >= 10 else None)(
-        agent_policy_status(lab, "h1", "sec-planted")), what="records counted lost")
+    def lost_ten():
+        status = agent_policy_status(lab, "h1", "sec-planted")
+        return status if status.get("records_lost_user", 0) >= 10 else None
+
+    status = wait_for(lost_ten, what="records counted lost")
     assert status["state"] == "error" and "symlink" in status["error"], status
     assert status["records_written"] == 0
     assert sha256_on(lab, "h1", TARGET) == target_before
@@ -132,3 +149,71 @@ def test_agent_refuses_a_forged_state_file(fleet):
         assert lab.exec("h1", "test", "-e", "/root/forged.jsonl", check=False).returncode != 0
     finally:
         lab.exec("h1", "rm", "-rf", "/var/lib/bpfleet/sec-forged")
+
+
+AUDIT = "/var/lib/bpfleet/audit.jsonl"
+
+
+def audit_facts(lab, host: str = "h1") -> dict:
+    outcome = lab.playbook([{"name": "facts", "bpfleet.core.bpfleet_facts": {}}], hosts=host)
+    return outcome[host][0]["ansible_facts"]["bpfleet"]["audit"]
+
+
+def run_report(lab, report_dir) -> dict:
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS), ANSIBLE_HOST_KEY_CHECKING="false",
+               PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}", ANSIBLE_RETRY_FILES_ENABLED="false")
+    result = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(lab.inventory),
+                             str(REPO / "playbooks" / "report.yml"), "-e", f"report_dir={report_dir}",
+                             "-e", "report_hosts=bpfleet_lab"], capture_output=True, text=True, timeout=600, env=env,
+                            check=False)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return json.loads((report_dir / "fleet-report.json").read_text())
+
+
+def test_audit_trail_records_every_change_and_flags_an_edited_record(fleet, tmp_path):
+    lab = fleet
+    first = audit_facts(lab)
+    assert first["verified"], first
+    start = first["records"]
+    name = "sec-audit"
+    sink = "/var/log/bpfleet/sec-audit.jsonl"
+    lab.playbook([{"name": "policy", "bpfleet.core.policy": {"policy": policy(name, sink)}},
+                  {"name": "deny", "bpfleet.core.blocklist": {"policy": name, "entries": ["192.0.2.0/24"]}},
+                  {"name": "again, unchanged", "bpfleet.core.policy": {"policy": policy(name, sink)}}],
+                 hosts="h1")
+    audit = audit_facts(lab)
+    assert audit["verified"] and audit["records"] == start + 2, audit     # the unchanged run adds nothing
+    applied, edited = audit["last"][-2:]
+    assert (applied["action"], applied["policy"]) == ("policy_apply", name)
+    assert applied["before"]["source_digest"] is None and applied["after"]["source_digest"].startswith("sha256:")
+    assert edited["action"] == "list_edit"
+    assert edited["before"]["live_edits_digest"] != edited["after"]["live_edits_digest"]
+    actor = applied["actor"]
+    assert actor["controller_user"] == getpass.getuser() and actor["controller_host"] == socket.gethostname()
+    assert actor["address"] and actor["remote_user"] == "root", actor
+    head = audit["head"]
+
+    # One record edited on the host (who made the change), its hash left alone.
+    line = start + 1
+    lab.exec("h1", "/usr/bin/python3", "-c", (
+        "import json,sys; p=sys.argv[1]; n=int(sys.argv[2]); lines=open(p).read().splitlines(True); "
+        "r=json.loads(lines[n-1]); r['actor']['controller_user']='nobody'; "
+        "lines[n-1]=json.dumps(r,sort_keys=True,separators=(',',':'))+'\\n'; open(p,'w').write(''.join(lines))"),
+        AUDIT, str(line))
+    broken = audit_facts(lab)
+    assert not broken["verified"] and broken["broken_at"] == line, broken
+    assert broken["error"] == "line %d: hash mismatch (record %d was edited)" % (line, line)
+    assert broken["head"] == head
+
+    report = run_report(lab, tmp_path / "report")
+    assert report["summary"]["audit_broken"] == ["h1"], report["summary"]
+    h1 = next(entry for entry in report["hosts"] if entry["host"] == "h1")
+    assert not h1["healthy"] and f"audit trail broken: {broken['error']}" in h1["problems"]
+    assert next(entry for entry in report["hosts"] if entry["host"] == "h2")["audit"]["verified"]
+    page = (tmp_path / "report" / "fleet-report.html").read_text()
+    assert "BROKEN: line %d: hash mismatch" % line in page and 'data-tile="audit chains broken"><b>1</b>' in page
+
+    # Deleting the edited record instead: still detected (by the next record's seq and prev).
+    lab.exec("h1", "sed", "-i", f"{line}d", AUDIT)
+    deleted = audit_facts(lab)
+    assert not deleted["verified"] and deleted["broken_at"] == line and "expected %d" % line in deleted["error"]
