@@ -14,6 +14,9 @@ Confined writes:
 Audit trail: a policy apply and a list edit each append one hash-chained record with the
 controller's user and host and the SSH client's address; one record edited on h1 makes the
 facts say where the chain breaks and playbooks/report.yml flag h1; deleting it is caught too.
+
+Secrets: a POST with secrets in headers, a query parameter and the body, logged normally and
+then through the agent's error path; none of them in any file, status, fact or message.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -217,3 +221,93 @@ def test_audit_trail_records_every_change_and_flags_an_edited_record(fleet, tmp_
     lab.exec("h1", "sed", "-i", f"{line}d", AUDIT)
     deleted = audit_facts(lab)
     assert not deleted["verified"] and deleted["broken_at"] == line and "expected %d" % line in deleted["error"]
+    lab.playbook([{"name": "remove", "bpfleet.core.policy": {"name": name, "state": "absent"}}], hosts="h1")
+    assert audit_facts(lab)["last"][-1]["action"] == "policy_remove"
+
+
+HTTP_PORT = 8081
+HTTP_SINK = "/var/log/bpfleet/sec-http.jsonl"
+
+
+def new_secret(kind: str) -> str:
+    return "Zq%s-%s" % (kind, secrets.token_urlsafe(18))
+
+
+def test_no_secret_reaches_logs_state_status_facts_audit_or_errors(fleet):
+    """A POST with secrets in headers, a query parameter and the body, written normally and then
+    with the log file swapped for a planted symlink (so the agent's error path runs with those
+    records): no secret in any file under /var/log, /var/lib/bpfleet (audit trail included)
+    or /run/bpfleet on either host, in the facts, or in the link's target."""
+    lab = fleet
+    name = "sec-http"
+    http_policy = {"name": name, "interfaces": ["eth0"],
+                   "log": {"fields": ["src_ip", "dst_port"], "directions": ["ingress"],
+                           "match": [{"proto": "tcp", "port": HTTP_PORT}],
+                           "http": {"ports": [HTTP_PORT], "headers": ["host", "x-request-id"], "max_bytes": 512},
+                           "sink": {"file": HTTP_SINK}}}
+    lab.playbook([{"name": "policy", "bpfleet.core.policy": {"policy": http_policy}}], hosts="h1")
+    server = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "fleet" / "bpfleet_lab.py"), "exec", "--name", lab.name, "--host", "h1",
+         "--", "timeout", "120", "/usr/bin/python3", "-m", "http.server", str(HTTP_PORT), "--bind", "0.0.0.0",
+         "--directory", "/tmp"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hidden = []
+    try:
+        lab.exec("h1", "sh", "-c", f"for i in $(seq 50); do ss -Hltn sport = :{HTTP_PORT} | grep -q . && exit 0; "
+                                   "sleep 0.1; done; exit 1")
+        wait_for(lambda: agent_policy_status(lab, "h1", name).get("map_id"), what="the agent to read the ring")
+
+        def post(request_id):
+            bearer, cookie, query, body = (new_secret(kind) for kind in ("bearer", "cookie", "query", "body"))
+            hidden.extend([bearer, cookie, query, body])
+            lab.exec("h2", "curl", "-sS", "-o", "/dev/null", "--max-time", "5",
+                     "-H", f"Authorization: Bearer {bearer}", "-H", f"Cookie: sid={cookie}",
+                     "-H", f"X-Request-Id: {request_id}", "--data", f"password={body}&token={body}",
+                     f"http://{lab.hosts['h1']['lab_ipv4']}:{HTTP_PORT}/login?api_key={query}", check=False)
+
+        first_id = new_secret("rid")
+        post(first_id)
+        wait_for(lambda: first_id in lab.exec("h1", "cat", HTTP_SINK, check=False).stdout, what="the first record")
+        line = next(json.loads(text) for text in lab.exec("h1", "cat", HTTP_SINK).stdout.splitlines()
+                    if first_id in text)
+        assert line["http"]["path"] == "/login?api_key=[REDACTED]"
+        assert line["http"]["headers"]["authorization"] == "[REDACTED]"
+
+        # The error path: the log file replaced by a link to a file outside the log directory.
+        lab.exec("h1", "sh", "-c", f"echo target > {TARGET} && mv {HTTP_SINK} {HTTP_SINK}.1 && "
+                                   f"ln -s {TARGET} {HTTP_SINK}")
+        post(new_secret("rid"))
+        wait_for(lambda: "symlink" in (agent_policy_status(lab, "h1", name).get("error") or ""),
+                 what="the agent to refuse the link")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert lab.exec("h1", "cat", TARGET).stdout == "target\n"
+    for host in lab.hosts:
+        for needle in hidden:
+            found = lab.exec(host, "grep", "-rlF", "--", needle, "/var/log", "/var/lib/bpfleet", "/run/bpfleet",
+                             check=False)
+            assert found.returncode == 1, f"{needle[:10]}... found on {host} in {found.stdout}{found.stderr}"
+    facts = json.dumps(lab.playbook([{"name": "facts", "bpfleet.core.bpfleet_facts": {}}]))
+    assert "symlink" in facts
+    for needle in hidden:
+        assert needle not in facts
+    lab.playbook([{"name": "remove", "bpfleet.core.policy": {"name": name, "state": "absent"}}], hosts="h1")
+
+
+def test_agent_keeps_only_cap_bpf_in_daemon_mode(fleet):
+    """The lab hosts have no systemd: the supervised daemon and its worker drop every
+    capability but CAP_BPF (docs/security.md), and still read the ring buffers (the tests above
+    got their records through this agent)."""
+    lab = fleet
+    report = json.loads(lab.exec("h1", AGENT, "status").stdout)
+    assert report["mode"] == "daemon" and report["pid"] and report["supervisor_pid"], report
+    cap_bpf = 1 << 39
+    for pid in (report["pid"], report["supervisor_pid"]):
+        status = lab.exec("h1", "cat", f"/proc/{pid}/status").stdout
+        sets = dict((line.split(":")[0], int(line.split(":")[1], 16)) for line in status.splitlines()
+                    if line.startswith("Cap"))
+        shown = {key: hex(value) for key, value in sets.items()}
+        assert sets["CapEff"] == sets["CapPrm"] == sets["CapBnd"] == cap_bpf, (pid, shown)
+        assert sets["CapAmb"] == sets["CapInh"] == 0
+        assert "NoNewPrivs:\t1" in status
+    assert report["status"]["capabilities"] == {"effective": ["CAP_BPF"], "bounding": ["CAP_BPF"]}

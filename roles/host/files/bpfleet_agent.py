@@ -4,8 +4,9 @@
 """bpfleet-agent: drains the policies' ring buffers into JSON lines logs.
 
 Installed by the bpfleet.core.host role as /usr/lib/bpfleet/agent/bpfleet_agent.py
-next to copies of _bpf_syscall.py, _counters.py, _ringbuf.py, _records.py and _http.py, which
-it imports as sibling modules, and started through the launcher bpfleet-agent
+next to copies of _bpf_syscall.py, _counters.py, _ringbuf.py, _records.py, _http.py,
+_safe_files.py (confined writes) and _privdrop.py (least privilege), which it imports as
+sibling modules, and started through the launcher bpfleet-agent
 beside it. Standard library only: no BCC, no LLVM.
 
   bpfleet-agent run      foreground worker (systemd Type=simple)
@@ -51,6 +52,7 @@ if not os.path.exists(os.path.join(AGENT_DIR, "_ringbuf.py")) and os.path.isdir(
 
 import _bpf_syscall  # noqa: E402
 import _counters  # noqa: E402
+import _privdrop  # noqa: E402
 import _records  # noqa: E402
 import _ringbuf  # noqa: E402
 import _safe_files  # noqa: E402
@@ -574,6 +576,7 @@ class Agent(object):
         self.sink_dirs = _safe_files.normalize_dirs(options.sink_dirs)
         self.syslog = SyslogSink.from_config(options.syslog) if options.syslog else None
         self.failpoints = Failpoints(os.environ.get("BPFLEET_AGENT_FAILPOINT"))
+        self.capabilities = capabilities_now()
         self.policies = {}
         self.interface_names = InterfaceNames()
         self.host = socket.gethostname()
@@ -911,6 +914,7 @@ class Agent(object):
             "updated_at_unix": round(updated_ns / 1e9, 3),
             "records_malformed": malformed,
             "textfile": os.path.join(self.textfile_dir, TEXTFILE_NAME) if self.textfile_dir else None,
+            "capabilities": self.capabilities,
             "policies": policies,
         }
         try:
@@ -1130,6 +1134,7 @@ class Supervisor(object):
         return self.worker.poll() is None
 
     def run(self):
+        drop_privileges(self.options, "supervisor")
         pid_fd = acquire_lock(self.pid_path)
         if pid_fd is None:
             self.report("running %s" % (read_pid(self.pid_path) or "?"))
@@ -1333,11 +1338,32 @@ def command_status(options):
     return 0 if running else EXIT_NOT_RUNNING
 
 
+def capabilities_now():
+    sets = _privdrop.capability_sets()
+    return {"effective": _privdrop.describe(sets.get("CapEff", 0)),
+            "bounding": _privdrop.describe(sets.get("CapBnd", 0))} if sets else None
+
+
+def drop_privileges(options, who):
+    """Keep only CAP_BPF (CAP_SYS_ADMIN before Linux 5.8), in both service modes
+    (_privdrop.py, docs/security.md). A failure is logged, not fatal: logging must go on."""
+    if not options.drop_capabilities or os.geteuid() != 0:
+        return
+    try:
+        sets = _privdrop.drop()
+    except (OSError, AttributeError) as error:
+        log.warning("%s: could not drop capabilities: %s", who, error)
+        return
+    log.info("%s: capabilities now %s (bounding %s)", who, ",".join(_privdrop.describe(sets.get("CapEff", 0))),
+             ",".join(_privdrop.describe(sets.get("CapBnd", 0))))
+
+
 def command_run(options):
     os.umask(0o027)
     if options.agent_log:
         redirect_stderr_to(options.agent_log)
     setup_logging(options.agent_log)
+    drop_privileges(options, "worker")
     return Agent(options).run()
 
 
@@ -1354,6 +1380,8 @@ CONFIG_DEFAULTS = {
     "syslog": None,
     # Directories a policy's log.sink.file may lie under (default /var/log/bpfleet).
     "sink_dirs": None,
+    # Keep only CAP_BPF after start (docs/security.md); false keeps what the agent was started with.
+    "drop_capabilities": True,
 }
 
 
