@@ -47,8 +47,8 @@ FEATURES_HEADER = "/var/lib/bpfleet/features/bpfleet_features.h"
 FEATURES_CACHE = "/var/lib/bpfleet/kernel-features.json"
 
 
-def apply(lab, policy=POLICY, mask=(), expect_failure=False):
-    task = {"bpfleet.core.policy": {"policy": policy, "mask_features": list(mask)}}
+def apply(lab, policy=None, mask=(), expect_failure=False):
+    task = {"bpfleet.core.policy": {"policy": policy or POLICY, "mask_features": list(mask)}}
     return lab.playbook([task], hosts="h1", expect_failure=expect_failure)["h1"][0]
 
 
@@ -140,6 +140,14 @@ def test_each_fallback_compiles_attaches_and_filters_real_traffic(prepared, mask
 
     again = apply(lab, policy=policy, mask=mask)
     assert again["changed"] is False and again["compiled"] is False
+
+
+def test_facts_say_which_xdp_modes_the_interface_driver_took(prepared):
+    policy = facts(prepared)["policies"]["features"]["policy"]
+    tried = policy["xdp_modes_tried"]["eth0"]
+    assert tried["driver"] == "veth"
+    # veth has native XDP; auto mode takes it first.
+    assert tried["native"] == "ok"
 
 
 def test_masking_a_feature_recompiles_and_unmasking_returns(prepared):
