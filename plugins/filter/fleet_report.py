@@ -109,6 +109,16 @@ def _kernel_features(kernel):
     }
 
 
+def _audit_entry(facts):
+    """The host's audit trail (docs/security.md): chain verified or where it breaks, last changes."""
+    audit = facts.get("audit")
+    if not isinstance(audit, dict):
+        return None
+    return {"verified": bool(audit.get("verified")), "records": audit.get("records") or 0,
+            "head": audit.get("head"), "error": audit.get("error"), "broken_at": audit.get("broken_at"),
+            "last": list(audit.get("last") or [])}
+
+
 def fleet_report(hostvars, hosts, expected=None):
     if not isinstance(hosts, (list, tuple)):
         raise AnsibleFilterError("fleet_report: the hosts argument must be a list of inventory host names")
@@ -125,16 +135,23 @@ def fleet_report(hostvars, hosts, expected=None):
         policies = [_policy_entry(name, data, policy_health[name])
                     for name, data in sorted((facts.get("policies") or {}).items())]
         agent = facts.get("agent") or {}
+        audit = _audit_entry(facts)
+        audit_broken = audit is not None and not audit["verified"]
+        messages = list(host_health["messages"])
+        if audit_broken:
+            # A broken audit chain is a security event: the host is unhealthy until explained.
+            messages.append("audit trail broken: %s" % audit["error"])
         entries.append({"host": host, "reachable": True, "policies": policies,
                         "agent": {"running": bool(agent.get("running")), "state": _health.agent_state(agent),
                                   "pid": agent.get("pid"), "version": agent.get("version"),
                                   "status_age_s": agent.get("status_age_s")},
                         "kernel": (facts.get("kernel") or {}).get("release"),
                         "kernel_features": _kernel_features(facts.get("kernel") or {}),
-                        "status": host_health["status"],
-                        "healthy": host_health["status"] != _health.UNHEALTHY,
+                        "audit": audit,
+                        "status": _health.UNHEALTHY if audit_broken else host_health["status"],
+                        "healthy": host_health["status"] != _health.UNHEALTHY and not audit_broken,
                         "health_problems": host_health["problems"],
-                        "problems": host_health["messages"]})
+                        "problems": messages})
 
     # Out of date: against the expected policy when given, else against the digests most
     # hosts run for each policy name.
@@ -183,6 +200,7 @@ def fleet_report(hostvars, hosts, expected=None):
         "records_written": sum(p["records_written"] or 0 for p in policies),
         "records_lost": sum(p["records_lost"] or 0 for p in policies),
         "records_lost_recent": sum(p["records_lost_recent"] or 0 for p in policies),
+        "audit_broken": [e["host"] for e in reachable if e.get("audit") and not e["audit"]["verified"]],
         "pending_confirm": sorted(e["host"] for e in reachable if any(p["pending_confirm"] for p in e["policies"])),
         "versions": dict(("%s %s/%s" % (name, (s or "none")[7:19], (m or "none")[7:19]), count)
                          for (name, s, m), count in
@@ -260,6 +278,8 @@ def fleet_report_html(report):
         ("records lost", _num(summary["records_lost"]), "warn" if summary["records_lost"] else "good"),
         ("records lost recently", _num(summary.get("records_lost_recent", 0)),
          "bad" if summary.get("records_lost_recent") else "good"),
+        ("audit chains broken", len(summary.get("audit_broken") or []),
+         "bad" if summary.get("audit_broken") else "good"),
     ]
     out.append('<div class="tiles">')
     for label, value, kind in tiles:
@@ -344,12 +364,45 @@ def fleet_report_html(report):
                 _e("%s at %s (%s)" % (event.get("event"), event.get("at"), event.get("reason", "")) if event else ""),
                 _e("until %s" % pending.get("deadline") if pending else "")))
         out.append("</tbody></table>")
+    out.extend(_audit_html(report))
     out.append('<div class="sub">versions: %s</div>' % _e(", ".join(
         "%s on %d host%s" % (version, count, "" if count == 1 else "s")
         for version, count in summary["versions"].items())
         or "none"))
     out.append("</body></html>\n")
     return "\n".join(out)
+
+
+def _audit_html(report):
+    """The last changes per host from its audit trail, and whether its hash chain verifies."""
+    hosts = [entry for entry in report["hosts"] if entry.get("audit")]
+    if not hosts:
+        return []
+    out = ["<h2>Changes (audit trail)</h2><table id=\"audit\"><thead><tr><th>host</th><th>chain</th><th>seq</th>"
+           "<th>time</th><th>action</th><th>policy</th><th>by</th><th>digest before &rarr; after</th>"
+           "</tr></thead><tbody>"]
+    for entry in hosts:
+        audit = entry["audit"]
+        chain = _badge(audit["verified"], "verified (%d records)" % audit["records"],
+                       "BROKEN: %s" % (audit["error"] or "?"))
+        records = list(reversed(audit["last"])) or [None]
+        for record in records:
+            if record is None:
+                out.append('<tr data-host="%s"><td>%s</td><td>%s</td><td colspan="6" class="muted">no changes '
+                           "recorded</td></tr>" % (_e(entry["host"]), _e(entry["host"]), chain))
+                continue
+            actor = record.get("actor") or {}
+            who = "%s@%s from %s" % (actor.get("controller_user") or actor.get("remote_user") or "?",
+                                     actor.get("controller_host") or "?", actor.get("address") or "local")
+            before = (record.get("before") or {}).get("source_digest")
+            after = (record.get("after") or {}).get("source_digest")
+            out.append('<tr data-host="%s"><td>%s</td><td>%s</td><td class="num">%s</td><td>%s</td><td>%s</td>'
+                       "<td><code>%s</code></td><td>%s</td><td><code>%s</code> &rarr; <code>%s</code></td></tr>" % (
+                           _e(entry["host"]), _e(entry["host"]), chain, _e(record.get("seq")), _e(record.get("time")),
+                           _e(record.get("action") or ("damaged" if record.get("damaged") else "")),
+                           _e(record.get("policy")), _e(who), _e(_short(before)), _e(_short(after))))
+    out.append("</tbody></table>")
+    return out
 
 
 class FilterModule:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _contract, _http, _prefixes
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract, _http, _prefixes, _safe_files
 
 SCHEMA_VERSION = 1
 
@@ -324,7 +324,11 @@ POLICY_SCHEMA = {
                     "description": "Where the agent writes the records.",
                     "properties": {
                         "file": {"type": "string", "pattern": "^/", "default": DEFAULT_LOG_FILE,
-                                 "description": "Absolute path of the JSON-lines file."},
+                                 "description": (
+                                     "Absolute path of the JSON-lines file, beneath a directory the host role allows "
+                                     "(`bpfleet_host_agent_sink_dirs`, default `/var/log/bpfleet/`); no `.` or `..` "
+                                     "components. Checked on the controller and again on the host, where no symlink "
+                                     "below that directory is followed (docs/security.md).")},
                         "max_size": {"oneOf": [{"type": "integer", "minimum": 1},
                                                {"type": "string", "pattern": SIZE_PATTERN}],
                                      "description": "Rotate the file when it reaches this size (bytes, or with a "
@@ -1007,9 +1011,11 @@ def _validate_log(col, raw):
         if _expect(col, "log.sink", sink, dict, "a mapping"):
             _check_keys(col, "log.sink", sink, _keys("log", "sink"))
             path = sink.get("file", DEFAULT_LOG_FILE)
-            if (not isinstance(path, str) or not path.startswith("/") or path.endswith("/")
-                    or any(ord(char) < 32 for char in path)):
-                col.error("log.sink.file", "must be an absolute file path, got %r" % (path,))
+            try:
+                # The same check the host's agent makes before it opens the file (docs/security.md).
+                _safe_files.check_path(path, col.sink_dirs)
+            except _safe_files.UnsafePath as exc:
+                col.error("log.sink.file", str(exc))
             else:
                 result["file"] = path
             if "max_size" in sink:
@@ -1023,13 +1029,16 @@ def _validate_log(col, raw):
     return result
 
 
-def validate(raw, source=None, read_file=None):
+def validate(raw, source=None, read_file=None, sink_dirs=None):
     """Validate a policy mapping; return (model, warnings) or raise PolicyError with all problems.
 
     `read_file(name) -> text` reads the list files a policy names (relative to the policy);
-    without it a policy that names list files is an error.
+    without it a policy that names list files is an error. `sink_dirs`: the directories a
+    log file may lie under (default /var/log/bpfleet, the host role's
+    bpfleet_host_agent_sink_dirs).
     """
     col = _Collector(source, read_file)
+    col.sink_dirs = sink_dirs
     if not isinstance(raw, dict):
         col.error("", "a policy must be a mapping, got %s" % type(raw).__name__)
         raise PolicyError(col.errors)

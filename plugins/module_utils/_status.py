@@ -15,6 +15,7 @@ import socket
 import time
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _attach as attach
+from ansible_collections.bpfleet.core.plugins.module_utils import _audit as audit
 from ansible_collections.bpfleet.core.plugins.module_utils import _features as features_probe
 from ansible_collections.bpfleet.core.plugins.module_utils import _health as health_model
 from ansible_collections.bpfleet.core.plugins.module_utils import _history as history
@@ -277,4 +278,6 @@ def gather(runner, only=None, health_window=None):
         "health": health_model.host_health(policy_health, agent, limits),
         "policies": policies,
         "policy_names": sorted(policies),
+        # The hash-chained record of changes on this host, verified now (docs/security.md).
+        "audit": audit.verify(),
     }

@@ -83,6 +83,16 @@ ansible_facts:
           type: dict
           sample: {"status": "unhealthy", "rollout_ok": false, "window_s": 300,
                    "messages": ["web: the agent reports: cannot write /var/log/bpfleet/web.jsonl: [Errno 28] No space"]}
+        audit:
+          description:
+            - The host's audit trail (C(/var/lib/bpfleet/audit.jsonl), one hash-chained record per change),
+              verified when the facts are gathered; C(verified) is false and C(error) and C(broken_at) say where
+              when a record was edited, deleted or reordered, or records were cut from the end.
+            - C(head) is the hash of the last record, C(records) the count, C(last) the latest records (seq, time,
+              action, policy, actor, before and after digests).
+          type: dict
+          sample: {"path": "/var/lib/bpfleet/audit.jsonl", "records": 12, "head": "sha256:9f...", "verified": true,
+                   "error": null, "broken_at": null, "last": []}
         policy_names:
           description: Names of the policies applied on the host.
           type: list

@@ -148,7 +148,8 @@ def inner(options):
     with open(os.path.join(state_dir, POLICY, "state.json"), "w") as handle:
         json.dump(state, handle)
     agent_command = [HOST_PYTHON, AGENT, "run", "--state-dir", state_dir, "--pin-root", pin_root,
-                     "--run-dir", run_dir, "--agent-log", os.path.join(out, "agent.log")]
+                     "--run-dir", run_dir, "--agent-log", os.path.join(out, "agent.log"),
+                     "--sink-dir", os.path.dirname(record_file)]
     agent_command += options.agent_arg
     environment = dict(os.environ)
     if options.failpoint:

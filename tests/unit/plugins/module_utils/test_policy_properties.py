@@ -81,6 +81,9 @@ interface_names = st.text(IFACE_CHARS, min_size=1, max_size=15).filter(
     lambda n: n not in ("lo", ".", "..", _policy.ALL_INTERFACES))
 absolute_paths = st.lists(st.text(string.ascii_letters + string.digits + "._-", min_size=1, max_size=12),
                           min_size=1, max_size=4).map(lambda parts: "/" + "/".join(parts))
+# A log file lies beneath /var/log/bpfleet (the default allowed directory), no '.' or '..'.
+sink_paths = absolute_paths.filter(lambda p: not any(part in (".", "..") for part in p.split("/"))).map(
+    lambda p: "/var/log/bpfleet" + p)
 comments = st.one_of(st.none(), st.text(max_size=30))
 
 LIST_FILES = {}
@@ -251,7 +254,7 @@ def logs(draw):
     if draw(st.booleans()):
         sink = {}
         if draw(st.booleans()):
-            sink["file"] = draw(absolute_paths)
+            sink["file"] = draw(sink_paths)
         if draw(st.booleans()):
             sink["max_size"] = draw(sizes())
         if draw(st.booleans()):
@@ -533,6 +536,8 @@ bad_files = st.one_of(
     st.text(max_size=30).filter(lambda s: not s.startswith("/")),
     absolute_paths.map(lambda p: p + "/"),
     st.tuples(absolute_paths, st.characters(max_codepoint=31), absolute_paths).map("".join),
+    absolute_paths.filter(lambda p: not p.startswith("/var/log/bpfleet/")),
+    sink_paths.map(lambda p: p.replace("/var/log/bpfleet/", "/var/log/bpfleet/../../etc/", 1)),
     st.integers(), st.booleans(), st.none(), st.lists(absolute_paths, max_size=2), poison,
 )
 
@@ -1047,7 +1052,7 @@ FULL = {
             "match": [{"proto": "tcp", "port": 80, "src_port": "1024-65535", "dst_port": 80}],
             "http": {"ports": [80], "headers": ["host"], "redact": ["x-session"], "redact_containing": ["auth"],
                      "max_bytes": 512},
-            "sink": {"file": "/x", "max_size": "1M", "keep": 3}},
+            "sink": {"file": "/var/log/bpfleet/x", "max_size": "1M", "keep": 3}},
 }
 POISON_SAMPLES = (1.5, float("nan"), float("inf"), [1.5], {"zz_junk": 1}, [{"zz_junk": 1}])
 TYPE_SAMPLES = (None, True, False, 0, 1, -1, 2 ** 64, "", "text", "1/1", "all", [], [1], [None], [[]], {},

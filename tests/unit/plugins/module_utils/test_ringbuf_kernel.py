@@ -540,6 +540,7 @@ def test_agent_writes_records_follows_replacement_and_stops_cleanly(kernel, tmp_
     agent = subprocess.Popen(
         ["nsenter", "--target", str(kernel.pid), "--mount", "--", HOST_PYTHON, AGENT, "run",
          "--state-dir", str(state_dir), "--run-dir", str(run_dir), "--poll-interval", "0.02",
+         "--sink-dir", str(tmp_path / "log"),
          "--rescan-interval", "0.2", "--status-interval", "0.2"],
         stdout=agent_output, stderr=subprocess.STDOUT)
     status_path = run_dir / "agent-status.json"
@@ -629,6 +630,7 @@ def test_agent_forgets_a_removed_policy_and_idles(kernel, tmp_path):
     agent = subprocess.Popen(
         ["nsenter", "--target", str(kernel.pid), "--mount", "--", HOST_PYTHON, AGENT, "run",
          "--state-dir", str(state_dir), "--run-dir", str(run_dir), "--rescan-interval", "0.2",
+         "--sink-dir", str(tmp_path),
          "--status-interval", "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     status_path = run_dir / "agent-status.json"
     try:
