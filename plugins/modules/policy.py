@@ -115,7 +115,7 @@ options:
     type: dict
 requirements:
   - On the host, BCC's Python bindings for the system Python (Debian/Ubuntu package C(python3-bpfcc)) and kernel
-    headers (the M(bpfleet.core.host) role installs both).
+    headers (the P(bpfleet.core.host#role) role installs both).
   - iproute2 (C(ip), C(tc)) on the host.
 seealso:
   - module: bpfleet.core.bpfleet_facts
