@@ -49,6 +49,7 @@ APT_PACKAGES=(
   nftables iputils-ping chromium debootstrap systemd-container
   prometheus-node-exporter logrotate
   iptables ipset xdp-tools nginx wrk
+  qemu-system-x86 qemu-utils mmdebstrap e2fsprogs  # the kernel matrix: Debian guests under qemu (tests/kernels)
 )
 
 STEP=0
