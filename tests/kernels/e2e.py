@@ -51,6 +51,7 @@ class Ansible:
 
     def __init__(self, lab_inventory: Path, guests: dict, workdir: Path) -> None:
         self.workdir = workdir
+        self.plays = 0
         inventory = yaml.safe_load(lab_inventory.read_text())
         if guests:
             inventory["all"]["children"]["kernel_guests"] = {"hosts": guests}
@@ -88,6 +89,8 @@ class Ansible:
         playbook = shutil.which("ansible-playbook", path=env["PATH"]) or "ansible-playbook"
         result = subprocess.run([playbook, "-i", str(self.inventory), str(path)], capture_output=True, text=True,
                                 timeout=timeout, env=env, check=False)
+        self.plays += 1
+        (self.workdir / f"ansible-{host}-{self.plays:02d}.log").write_text(result.stdout + result.stderr)
         recap = {}
         match = re.search(rf"^{re.escape(host)}\s+:\s+(.*)$", result.stdout, re.M)
         if match:
@@ -255,7 +258,7 @@ def send_traffic(run_on_target, copy_to_target, lab_name: str, sender: str, send
     copy_to_target(PROBE, "/root/bpfleet-probe.py")
     out = "/root/bpfleet-probe-out.json"
     run_on_target(f"rm -f {out}; setsid nohup /usr/bin/python3 /root/bpfleet-probe.py listen --proto udp "
-                  f"--port {PORT} --duration 25 --stop-after {2 * COUNT} --out {out} >/dev/null 2>&1 < /dev/null &")
+                  f"--port {PORT} --duration 15 --stop-after {2 * COUNT} --out {out} >/dev/null 2>&1 < /dev/null &")
     if not wait_for(lambda: run_on_target(f"test -e {out} && echo ready || true").strip() == "ready", 60, 1):
         raise AssertionError("the listener on the target did not start within 60 s")
 

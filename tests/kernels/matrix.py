@@ -12,6 +12,7 @@ refused cleanly. Run as root from the repository's venv (`make kernel-matrix`).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -83,14 +84,15 @@ def run_guest(suite: str, fleet: Fleet, workdir: Path, cache: Path, index: int =
     result["image"] = {k: meta.get(k) for k in ("kernel_release", "kernel_package", "headers_package",
                                                 "headers_version", "bcc_version", "build_seconds", "cached")}
     result["image_seconds"] = round(time.monotonic() - started, 1)
-    vm = guest_mod.Guest(fleet.name, meta, workdir / f"vm-{suite}", index=index)
+    run_dir = workdir / f"vm-{suite}"
+    vm = guest_mod.Guest(fleet.name, meta, run_dir, index=index)
     try:
         result["boot_seconds"] = round(vm.start(), 1)
         # The lab's "attacker" network is on-link, as on the namespace hosts (which hold an
         # address in it): a packet the filter fails to drop would reach the listener.
         vm.ssh("ip route replace 198.51.100.0/24 dev eth0")
-        ansible = e2e.Ansible(fleet.inventory, {"vm": vm.inventory_vars()}, workdir)
-        checked = e2e.check(ansible, result["label"], "vm", vm.addresses["ipv4"],
+        ansible = e2e.Ansible(fleet.inventory, {f"vm{index}": vm.inventory_vars()}, run_dir)
+        checked = e2e.check(ansible, result["label"], f"vm{index}", vm.addresses["ipv4"],
                             lambda cmd: vm.ssh(cmd).stdout, vm.copy_to, SENDER, fleet.hosts[SENDER], fleet.name,
                             headers="exact")
         result.update(checked, label=result["label"])
@@ -146,7 +148,8 @@ def table(results: list) -> str:
         result_text = {"pass": "pass", "refused": "refused (clean)"}.get(r["status"], "**FAIL**")
         release = r.get("release") or (r.get("image") or {}).get("kernel_release") or "?"
         lines.append("| " + " | ".join([
-            f"{r['label']}: {release}", str(r.get("bcc_version") or (r.get("image") or {}).get("bcc_version") or "?"),
+            f"{r['label']}: {release}" if r.get("suite") != "own" else r["label"],
+            str(r.get("bcc_version") or (r.get("image") or {}).get("bcc_version") or "?"),
             str(headers.get("kind", "?")),
             *[yes_no(features, name) for name, _ in COLUMNS],
             native_text, result_text, f"{r['timings'].get('total', 0):.0f} s",
@@ -187,6 +190,8 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--suites", default=",".join(images.SUITES))
     parser.add_argument("--no-own", action="store_true", help="skip this machine's own kernel")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--parallel", type=int, default=int(os.environ.get("BPFLEET_KERNEL_PARALLEL", "1")),
+                        help="guests booted at once (each takes 2 vCPUs and 2 GB; TCG is CPU-bound)")
     parser.add_argument("--cache", default=images.DEFAULT_CACHE)
     args = parser.parse_args(argv)
     suites = [s for s in args.suites.split(",") if s]
@@ -200,8 +205,10 @@ def main(argv: list | None = None) -> int:
     try:
         if not args.no_own:
             results.append(run_own(fleet, workdir))
-        for suite in suites:
-            results.append(run_guest(suite, fleet, workdir, Path(args.cache)))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+            futures = [pool.submit(run_guest, suite, fleet, workdir, Path(args.cache), index)
+                       for index, suite in enumerate(suites, start=1)]
+            results += [future.result() for future in futures]
     finally:
         fleet.down()
     total = time.monotonic() - started
