@@ -71,7 +71,7 @@ class Fleet:
         self._lab("down", "--name", self.name)
 
 
-def run_guest(suite: str, fleet: Fleet, workdir: Path, cache: Path, index: int = 1) -> dict:
+def run_guest(suite: str, fleet: Fleet, workdir: Path, cache: Path, index: int = 1, rerun_role: bool = True) -> dict:
     """Build or reuse the suite's image, boot it, run the check; always returns a result dict."""
     started = time.monotonic()
     result: dict = {"label": f"Debian {images.SUITES[suite]['debian']} ({suite})", "suite": suite,
@@ -94,7 +94,7 @@ def run_guest(suite: str, fleet: Fleet, workdir: Path, cache: Path, index: int =
         ansible = e2e.Ansible(fleet.inventory, {f"vm{index}": vm.inventory_vars()}, run_dir)
         checked = e2e.check(ansible, result["label"], f"vm{index}", vm.addresses["ipv4"],
                             lambda cmd: vm.ssh(cmd).stdout, vm.copy_to, SENDER, fleet.hosts[SENDER], fleet.name,
-                            headers="exact")
+                            headers="exact", rerun_role=rerun_role)
         result.update(checked, label=result["label"])
     except e2e.CheckFailed as exc:
         result.update(exc.result, label=result["label"])
