@@ -15,6 +15,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -219,7 +220,12 @@ def main(argv: list | None = None) -> int:
     (out / "matrix.md").write_text(text)
     print(text)
     print(f"kernel matrix: {len(results)} kernel(s) in {total:.0f} s; {out}/results.json, {out}/matrix.md")
-    return 0 if all(r["status"] in ("pass", "refused") for r in results) else 1
+    ok = all(r["status"] in ("pass", "refused") for r in results)
+    if ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"kept {workdir} (Ansible logs, guest consoles) for a look")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
