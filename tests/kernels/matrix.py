@@ -170,11 +170,15 @@ def details(results: list) -> str:
         if r.get("boot_seconds") is not None:
             out.append(f"  boot to SSH: {r['boot_seconds']:.0f} s")
         if r.get("timings"):
-            out.append("  phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in r["timings"].items()))
+            order = ["host_role", "facts", "policy_refused", "policy_apply", "traffic", "drops_records", "rerun",
+                     "rerun_policy", "native_xdp", "total"]
+            phases = sorted(r["timings"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+            out.append("  phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases))
         if r.get("kernel"):
             kernel = r["kernel"]
-            out.append(f"  missing: {kernel.get('features_missing') or []}; fallbacks: "
-                       f"{sorted(kernel.get('fallbacks') or {})}; unsupported: {kernel.get('unsupported') or []}")
+            missing = kernel.get("features_missing") or {}
+            out.append("  missing: " + ("; ".join(f"{k} ({v})" for k, v in sorted(missing.items())) or "nothing")
+                       + f"; unsupported: {kernel.get('unsupported') or 'none'}")
         if r.get("native_xdp"):
             out.append(f"  native XDP: {json.dumps(r['native_xdp'])}")
         if r.get("records"):
