@@ -51,6 +51,7 @@ APT_PACKAGES=(
   prometheus-node-exporter logrotate
   iptables ipset xdp-tools nginx wrk
   rsyslog rsyslog-relp
+  qemu-system-x86 qemu-utils mmdebstrap e2fsprogs  # the kernel matrix: Debian guests under qemu (tests/kernels)
 )
 
 STEP=0
