@@ -16,6 +16,9 @@
 #   unit         pytest tests/unit -q                     (no tests collected = failure)
 #   integration  pytest tests/fleet tests/integration -m integration -q
 #   molecule     molecule test -s S for each scenario S in MOLECULE_SCENARIOS below
+#   mutation     tests/mutation/run.py: break each guarantee on purpose (a header not redacted,
+#                the deny lookup skipped, the agent's cursor not written, the lockout check
+#                skipped...) and fail unless a targeted test fails for every mutant
 #
 # Ends with a table of stages (PASS/FAIL/SKIP, seconds) and the line
 # "stages: N passed, M failed, K skipped".
@@ -40,7 +43,7 @@ set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO" || exit 1
 
-ALL_STAGES=(ruff lint sanity host unit integration molecule)
+ALL_STAGES=(ruff lint sanity host unit integration molecule mutation)
 read -r -a REQUESTED <<<"${BPFLEET_TEST_STAGES:-${ALL_STAGES[*]}}"
 for s in "${REQUESTED[@]}"; do
   if [[ " ${ALL_STAGES[*]} " != *" $s "* ]]; then
@@ -284,6 +287,11 @@ stage_molecule() {
   return $failed
 }
 
+stage_mutation() {
+  # Needs what the kernel tests need (root, BCC, the headers the host stage linked) and the lab.
+  python tests/mutation/run.py
+}
+
 declare -A DESCRIPTIONS=(
   [ruff]="ruff check ."
   [lint]="ansible-lint (profile production)"
@@ -292,6 +300,7 @@ declare -A DESCRIPTIONS=(
   [unit]="pytest tests/unit -q"
   [integration]="pytest tests/fleet tests/integration -m integration -q"
   [molecule]="molecule test, each scenario of extensions/molecule in turn"
+  [mutation]="tests/mutation/run.py: every mutant must be killed by a targeted test"
 )
 
 for s in "${ALL_STAGES[@]}"; do
