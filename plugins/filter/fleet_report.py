@@ -72,6 +72,19 @@ def _policy_entry(name, data):
     }
 
 
+def _kernel_features(kernel):
+    """What the host's kernel lacks and what the programs do instead (facts' kernel.*)."""
+    features = kernel.get("features") or {}
+    return {
+        "probed": len(features),
+        "available": sorted(name for name, available in features.items() if available),
+        "missing": dict(kernel.get("features_missing") or {}),
+        "fallbacks": dict(kernel.get("fallbacks") or {}),
+        "unsupported": list(kernel.get("unsupported") or []),
+        "bcc_version": kernel.get("bcc_version"),
+    }
+
+
 def fleet_report(hostvars, hosts, expected=None):
     if not isinstance(hosts, (list, tuple)):
         raise AnsibleFilterError("fleet_report: the hosts argument must be a list of inventory host names")
@@ -97,6 +110,7 @@ def fleet_report(hostvars, hosts, expected=None):
                         "agent": {"running": bool(agent.get("running")), "pid": agent.get("pid"),
                                   "version": agent.get("version"), "status_age_s": agent.get("status_age_s")},
                         "kernel": (facts.get("kernel") or {}).get("release"),
+                        "kernel_features": _kernel_features(facts.get("kernel") or {}),
                         "healthy": not problems, "problems": problems})
 
     # Out of date: against the expected policy when given, else against the digests most
@@ -239,8 +253,13 @@ def fleet_report_html(report):
             cells = ['<tr data-host="%s">' % _e(entry["host"])]
             if index == 0:
                 span = ' rowspan="%d"' % len(rows) if len(rows) > 1 else ""
-                cells.append("<td%s><b>%s</b><br><span class=\"muted\">%s</span></td>" % (
-                    span, _e(entry["host"]), _e(entry["kernel"])))
+                features = entry.get("kernel_features") or {}
+                lacks = sorted(features.get("missing") or {})
+                cells.append("<td%s><b>%s</b><br><span class=\"muted\">%s</span>"
+                             "<br><span class=\"muted features\">BCC %s; %d/%d features; lacks: %s</span></td>" % (
+                                 span, _e(entry["host"]), _e(entry["kernel"]), _e(features.get("bcc_version") or "?"),
+                                 len(features.get("available") or []), features.get("probed") or 0,
+                                 _e(", ".join(lacks) or "nothing")))
                 cells.append("<td%s>%s</td>" % (span, _badge(entry["healthy"], "healthy", "unhealthy")))
             if policy is None:
                 cells.append('<td colspan="7" class="muted">no policy applied</td>')

@@ -128,6 +128,7 @@ class PolicyHost:
                 raise PolicyFailure("interfaces: all, but this host has no interface besides lo")
         self.name = rendered["name"]
         self.force = force
+        self.xdp_modes_tried = {}
         self.state = paths.read_json(paths.state_file(self.name))
         self.prog_by_hook = dict((p["hook"], p) for p in rendered["programs"])
 
@@ -323,6 +324,11 @@ class PolicyHost:
         document = self._state_document(_now())
         document["attach_modes"] = attach_mode
         document["created_clsact"] = sorted(created_clsact)
+        # Per interface: its driver and the XDP modes it accepted or refused at the last attach.
+        xdp_modes = dict((self.state or {}).get("xdp_modes_tried") or {})
+        xdp_modes.update(self.xdp_modes_tried)
+        document["xdp_modes_tried"] = dict((iface, entry) for iface, entry in xdp_modes.items()
+                                           if iface in self.rendered["interfaces"])
         if plan.live_edits is not None:
             live_edits.write(self.name, plan.live_edits)
         paths.write_atomic(paths.program_file(self.name), self.rendered["source"])
@@ -337,6 +343,7 @@ class PolicyHost:
         current = attach.xdp_attachment(self.runner, iface)
         modes = ["native", "generic"] if mode == "auto" else [mode]
         errors = []
+        tried = self.xdp_modes_tried.setdefault(iface, {"driver": attach.driver_of(self.runner, iface)})
         for candidate in modes:
             # The kernel refuses native and generic at once: switching modes needs a detach
             # first, the one case with a short gap (reported in the plan as a mode change).
@@ -344,6 +351,9 @@ class PolicyHost:
                 attach.detach_xdp(self.runner, iface, current["mode"])
                 current = None
             rc, _stdout, err = attach.attach_xdp(self.runner, iface, candidate, path, check_rc=False)
+            # What the driver accepted is learnt here, by the attach itself: a probe attach
+            # would disturb an interface that carries traffic.
+            tried[candidate] = "ok" if rc == 0 else (err.strip() or "refused (rc %d)" % rc)
             if rc == 0:
                 return candidate
             errors.append("%s: %s" % (candidate, err.strip()))
@@ -419,4 +429,5 @@ class PolicyHost:
         keep["applied_at"] = None
         keep.pop("attach_modes", None)
         keep.pop("created_clsact", None)
+        keep.pop("xdp_modes_tried", None)
         return keep

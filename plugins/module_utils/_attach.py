@@ -11,6 +11,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import json
+import os
 
 # ip -d -j link: xdp.mode values (uapi XDP_ATTACHED_*).
 XDP_ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload", 4: "multi"}
@@ -111,3 +112,16 @@ def detach_tc(runner, iface, direction):
 
 def remove_clsact(runner, iface):
     return runner.change(["tc", "qdisc", "delete", "dev", iface, "clsact"])
+
+
+def driver_of(runner, iface):
+    """The interface's driver as sysfs names it ("virtio_net", "mlx5_core"), or the link kind
+    of a virtual device without one ("veth", "bridge"), or None."""
+    try:
+        return os.path.basename(os.readlink("/sys/class/net/%s/device/driver" % iface))
+    except OSError:
+        pass
+    try:
+        return (link_info(runner, iface).get("linkinfo") or {}).get("info_kind")
+    except Exception:  # a vanished interface is reported elsewhere; the driver is a detail
+        return None

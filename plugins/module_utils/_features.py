@@ -231,7 +231,7 @@ def _probe_live_frames():
         bpf.close_fd(fd)
 
 
-_PROBES = {
+PROBES_BY_KIND = _PROBES = {
     "prog_type": _probe_prog_type,
     "helper": _probe_helper,
     "map_type": _probe_map_type,

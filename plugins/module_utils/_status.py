@@ -224,6 +224,9 @@ def gather(runner, only=None):
                 "xdp_mode": state.get("xdp_mode"),
                 "features_digest": state.get("features_digest"),
                 "fallbacks": state.get("fallbacks"),
+                # Per interface: driver and the XDP modes it accepted ("ok") or refused at the
+                # last attach (xdp_mode auto tries native first).
+                "xdp_modes_tried": state.get("xdp_modes_tried") or {},
             },
             "attachments": attached,
             "drift": drift,

@@ -28,7 +28,18 @@ from pathlib import Path
 
 import filters
 import yaml
-from _common import COLLECTIONS, HERE, BenchError, Fleet, blast, blast_binary, log, process_cpu_seconds, run
+from _common import (
+    COLLECTIONS,
+    HERE,
+    BenchError,
+    Fleet,
+    blast,
+    blast_binary,
+    flood_mode,
+    log,
+    process_cpu_seconds,
+    run,
+)
 
 sys.path.insert(0, str(COLLECTIONS))
 from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf  # noqa: E402
@@ -80,7 +91,7 @@ def send(fleet: Fleet, rate: int | None, seconds: float) -> dict:
     argv = ["ip", "netns", "exec", fleet.netns("h1"), blast_binary(), "--iface", filters.IFACE,
             "--src", filters.SENDER_IP, "--dst", filters.RECEIVER_IP, "--dst-mac", filters.RECEIVER_MAC,
             "--duration", str(seconds), "--size", "64"]
-    argv += ["--mode", "packet", "--rate", str(rate)] if rate else ["--mode", "xdp"]
+    argv += ["--mode", "packet", "--rate", str(rate)] if rate else ["--mode", flood_mode()]
     return blast.parse_report(run(["taskset", "-c", "0", *argv], timeout=seconds + 60).stdout)
 
 

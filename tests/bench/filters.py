@@ -34,6 +34,7 @@ from _common import (
     blast_binary,
     cpu_busy_seconds,
     deny_list,
+    flood_mode,
     log,
     run,
     summary,
@@ -134,7 +135,7 @@ def send(fleet: Fleet, source: str, seconds: float) -> dict:
     # the receiver takes, or the figures would measure the sender's share of CPU 0.
     result = run(["nice", "-n", "-15", "taskset", "-c", "0", "ip", "netns", "exec", fleet.netns("h1"), blast_binary(),
                   "--iface", IFACE, "--src", source, "--dst", RECEIVER_IP, "--dst-mac", RECEIVER_MAC,
-                  "--duration", str(seconds), "--mode", "xdp", "--size", "64"], timeout=seconds + 60)
+                  "--duration", str(seconds), "--mode", flood_mode(), "--size", "64"], timeout=seconds + 60)
     return blast.parse_report(result.stdout)
 
 

@@ -90,3 +90,24 @@ def test_wrong_input():
         plugin.fleet_report({}, "h1")
     with pytest.raises(AnsibleFilterError):
         plugin.fleet_report_html({"x": 1})
+
+
+def test_the_report_shows_each_hosts_kernel_features():
+    """Issue 13: the fleet report says per host what its kernel lacks and which fallback runs."""
+    with_meta = facts()
+    without_meta = facts()
+    without_meta["ansible_facts"]["bpfleet"]["kernel"] = {
+        "release": "6.18.44-fc-v1300", "bcc_version": "0.26.0",
+        "features": {"map_ringbuf": True, "xdp_adjust_meta_in_xdp": False},
+        "features_missing": {"xdp_adjust_meta_in_xdp": "program of this type cannot use helper bpf_xdp_adjust_meta#54"},
+        "fallbacks": {"xdp_adjust_meta_in_xdp": "the tc ingress logger classifies each logged packet again"},
+        "unsupported": []}
+    report = plugin.fleet_report({"h1": with_meta, "h2": without_meta}, ["h1", "h2"])
+    features = dict((entry["host"], entry["kernel_features"]) for entry in report["hosts"])
+    assert features["h1"]["missing"] == {} and features["h1"]["probed"] == 0
+    assert features["h2"]["available"] == ["map_ringbuf"]
+    assert list(features["h2"]["fallbacks"]) == ["xdp_adjust_meta_in_xdp"]
+    parser = _Texts()
+    parser.feed(plugin.fleet_report_html(report))
+    text = "".join(parser.texts)
+    assert "BCC 0.26.0; 1/2 features; lacks: xdp_adjust_meta_in_xdp" in text
