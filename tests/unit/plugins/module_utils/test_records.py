@@ -75,7 +75,8 @@ def test_layout_matches_hand_laid_offsets_of_the_c_struct():
     }
 
 
-@pytest.mark.skipif(not shutil.which("cc"), reason="no C compiler to check bpf/include/bpfleet_record.h")
+@pytest.mark.skipif(not shutil.which("cc"),
+                    reason="no C compiler to check bpf/include/bpfleet_record.h (scripts/bootstrap.sh installs gcc)")
 def test_python_layout_matches_the_kernel_header(tmp_path):
     """The struct in bpf/include/bpfleet_record.h (what the kernel writes) has the offsets
     RECORD decodes: compile it with the host compiler and compare field by field."""
