@@ -39,6 +39,7 @@ PYENV_ROOT="${PYENV_ROOT:-$HOME/.pyenv}"
 #   debootstrap systemd-container  the systemd Molecule scenario boots hosts with systemd-nspawn
 #   prometheus-node-exporter logrotate  the agent's textfile metrics and SIGHUP reopen are tested with them
 #   iptables ipset xdp-tools nginx wrk  the benchmarks' baselines and the HTTP load test (tests/bench)
+#   tcpdump                    the rewrite tests read VLAN tags and DSCP off the wire
 APT_PACKAGES=(
   python3-bpfcc bpfcc-tools linux-headers-amd64
   openssh-server openssh-client netcat-openbsd
@@ -49,6 +50,7 @@ APT_PACKAGES=(
   nftables iputils-ping chromium debootstrap systemd-container
   prometheus-node-exporter logrotate
   iptables ipset xdp-tools nginx wrk
+  tcpdump
 )
 
 STEP=0
