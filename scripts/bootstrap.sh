@@ -44,6 +44,7 @@ PYENV_ROOT="${PYENV_ROOT:-$HOME/.pyenv}"
 #                              tests/fleet builds its packet generator (blast.c)
 #   qemu-system-x86 qemu-utils mmdebstrap e2fsprogs  the kernel VM tests: Debian guest images, booted under TCG
 # Under CI=true a test that skips fails (tests/conftest.py): whatever a test needs belongs here.
+#   tcpdump                    the rewrite tests read VLAN tags and DSCP off the wire
 APT_PACKAGES=(
   python3-bpfcc bpfcc-tools linux-headers-amd64
   openssh-server openssh-client netcat-openbsd
@@ -57,6 +58,7 @@ APT_PACKAGES=(
   rsyslog rsyslog-relp
   gcc libc6-dev
   qemu-system-x86 qemu-utils mmdebstrap e2fsprogs
+  tcpdump
 )
 
 STEP=0

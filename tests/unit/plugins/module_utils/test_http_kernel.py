@@ -158,7 +158,8 @@ def request_frame(payload, **kwargs):
 def decode(raw):
     fields = dict(zip(("ts", "ifindex", "pkt_len", "dir", "action", "rule", "vlan", "eth_proto", "src_mac", "dst_mac",
                        "ip_ver", "proto", "ttl", "tcp_flags", "src_port", "dst_port", "src_ip", "dst_ip",
-                       "payload_len", "flags", "version"), _records.RECORD.unpack_from(raw), strict=True))
+                       "payload_len", "flags", "version", "rewrite"), _records.RECORD.unpack_from(raw),
+                      strict=True))
     fields["payload"] = bytes(raw[_records.RECORD_SIZE:_records.RECORD_SIZE + fields["payload_len"]])
     return fields
 

@@ -247,7 +247,7 @@ def make_record(index=0, **overrides):
         "rule": 1, "vlan": 0, "eth_proto": 0x0800, "src_mac": bytes.fromhex("020000000001"),
         "dst_mac": bytes.fromhex("020000000002"), "ip_ver": 4, "proto": 6, "ttl": 64, "tcp_flags": 0x02,
         "src_port": 1024 + index, "dst_port": 80, "src_ip": bytes([203, 0, 113, index % 250]) + bytes(12),
-        "dst_ip": bytes([198, 51, 100, 7]) + bytes(12), "payload_len": 0, "flags": 0, "version": 1,
+        "dst_ip": bytes([198, 51, 100, 7]) + bytes(12), "payload_len": 0, "flags": 0, "version": 1, "rewrite": 0,
     }
     values.update(overrides)
     return _records.RECORD.pack(*values.values())
