@@ -189,7 +189,8 @@ def fake_agent(agent_module, tmp_path, window=30.0, interval=5.0):
     options = types.SimpleNamespace(
         state_dir=str(tmp_path / "state"), pin_root=str(tmp_path / "pins"), run_dir=str(tmp_path / "run"),
         agent_log=None, poll_interval=0.05, rescan_interval=2.0, status_interval=1.0, supervised=False,
-        textfile_dir=None, syslog=None, health_window=window, health_sample_interval=interval)
+        textfile_dir=None, syslog=None, health_window=window, health_sample_interval=interval,
+        sink_dirs=None, drop_capabilities=False)
     worker = agent_module.Agent(options)
     policy = agent_module.PolicyLog("web", str(tmp_path / "state" / "web" / "state.json"))
     policy.logging_enabled = True
