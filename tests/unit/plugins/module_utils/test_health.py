@@ -204,7 +204,7 @@ def fake_agent(agent_module, tmp_path, window=30.0, interval=5.0):
     options = types.SimpleNamespace(**dict(
         agent_module.CONFIG_DEFAULTS, state_dir=str(tmp_path / "state"), pin_root=str(tmp_path / "pins"),
         run_dir=str(tmp_path / "run"), agent_log=None, textfile_dir=None, syslog=None, supervised=False,
-        health_window=window, health_sample_interval=interval))
+        health_window=window, health_sample_interval=interval, sink_dirs=None, drop_capabilities=False))
     worker = agent_module.Agent(options)
     policy = agent_module.PolicyLog("web", str(tmp_path / "state" / "web" / "state.json"))
     policy.logging_enabled = True
