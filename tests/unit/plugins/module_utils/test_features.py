@@ -45,7 +45,7 @@ def test_every_helper_the_programs_call_is_probed_for_both_program_types():
         assert helper in _features.HELPERS, "bpf/ calls bpf_%s, which no probe covers" % helper
         # xdp_adjust_meta only exists in XDP; every other helper is used by both hooks.
         types = ["xdp"] if helper.startswith("xdp_") else ["xdp", "sched_cls"]
-        if helper == "skb_load_bytes":
+        if helper.startswith("skb_") or helper == "l3_csum_replace":
             types = ["sched_cls"]
         for prog_type in types:
             assert "%s_in_%s" % (helper, prog_type) in _features.FEATURES_BY_NAME, (helper, prog_type)
