@@ -7,6 +7,7 @@ The tests run in file order against one fleet; each leaves the state the next ex
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -185,6 +186,27 @@ def test_lockout_guard_refuses_blocking_the_controller(prepared):
     refused = lab.playbook([block_task([controller], list="allow", state="absent")], hosts="h1",
                            expect_failure=True)
     assert "removing the allow entry 203.0.113.1/32 leaves it to the deny entry 203.0.113.0/24" in one(refused)["msg"]
+    one(lab.playbook([policy_task(live_edits="discard")], hosts="h1"))
+    assert delivered(lab) == 10
+
+
+def test_lockout_guard_judges_port_rules_as_the_kernel_does(prepared):
+    """Under a port rule that drops SSH, the allow entry that lets the controller in is what keeps
+    the fleet reachable: removing it is refused (issue 15; the guard used to ignore port rules)."""
+    lab = prepared
+    controller = "203.0.113.1"
+    no_ssh = copy.deepcopy(POLICY)
+    no_ssh["filter"]["ports"] = [{"name": "no-ssh", "proto": "tcp", "port": 22, "action": "drop"}]
+    no_ssh["filter"]["allow"] = [controller + "/32"]
+    one(lab.playbook([{"name": "policy", "bpfleet.core.policy": {"policy": no_ssh}}], hosts="h1"))
+    for check in (True, False):
+        refused = lab.playbook([block_task([controller], list="allow", state="absent")], hosts="h1", check=check,
+                               expect_failure=True)
+        message = one(refused)["msg"]
+        assert message.startswith("lockout guard: this edit would drop the controller's SSH connection from "
+                                  f"{controller} (removing the allow entry {controller}/32 leaves it to port rule "
+                                  "no-ssh, which drops TCP port 22)"), message
+    # Still reachable: the refused edit changed nothing.
     one(lab.playbook([policy_task(live_edits="discard")], hosts="h1"))
     assert delivered(lab) == 10
 
