@@ -88,10 +88,10 @@ MUTANTS = [
     ),
     Mutant(
         name="lockout-verdict-never-drops",
-        guarantee="the lockout guard's verdict sees a deny entry that matches the controller",
+        guarantee="the lockout guard's verdict says a packet the filter drops is dropped",
         path="plugins/module_utils/_lockout.py",
-        old='        return True, "it matches filter.deny %s" % denied\n',
-        new='        return False, "it matches filter.deny %s" % denied  # mutant\n',
+        old="    return decided.dropped, _classifier.explain(decided, packet)\n",
+        new="    return False, _classifier.explain(decided, packet)  # mutant: never dropped\n",
         tests=["tests/unit/plugins/module_utils/test_lockout.py"],
     ),
 ]
