@@ -272,12 +272,13 @@ def gather(runner, only=None, health_window=None):
             "live_edits": live_edits.counts(name),
             "history": past,
         }
+    # The hash-chained record of changes on this host, verified now (docs/security.md).
+    trail = audit.verify()
     return {
         "kernel": kernel_status(),
         "agent": agent,
-        "health": health_model.host_health(policy_health, agent, limits),
+        "health": health_model.host_health(policy_health, agent, limits, trail),
         "policies": policies,
         "policy_names": sorted(policies),
-        # The hash-chained record of changes on this host, verified now (docs/security.md).
-        "audit": audit.verify(),
+        "audit": trail,
     }

@@ -119,7 +119,7 @@ def _record(version=1, payload=b"", claimed=None, flags=0, **fields):
                                 values["dst_mac"], values["ip_ver"], values["proto"], values["ttl"],
                                 values["tcp_flags"], values["src_port"], values["dst_port"], values["src_ip"],
                                 values["dst_ip"], len(payload) if claimed is None else claimed, flags,
-                                version) + payload
+                                version, values.get("rewrite", 0)) + payload
 
 
 u8, u16, u32 = st.integers(0, 255), st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF)

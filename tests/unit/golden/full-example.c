@@ -1225,62 +1225,80 @@ static __always_inline void set_dscp(struct __sk_buff *skb, struct packet_info *
 }
 #endif
 
-/* The ingress rewrite rules, compiled in like the port rules. With apply 0 it only says
- * which rule matches first (for the record, written before the packet changes); with apply 1
- * it changes the packet: DSCP first, then the VLAN tag, because popping an in-frame tag moves
- * the IP header the DSCP offset points at. Every matching rule applies (the validator refuses
- * two overlapping rules that set the same thing). */
-static __always_inline u16 rewrite_ingress(struct __sk_buff *skb, struct packet_info *pkt, int apply)
+/* The ingress rewrite rules, compiled in like the port rules: changes the packet and
+ * returns the first rule that matched. DSCP first, then the VLAN tag, because
+ * popping an in-frame tag moves the IP header the DSCP offset points at. Every matching rule
+ * applies (the validator refuses two overlapping rules that set the same thing). */
+static __always_inline u16 rewrite_ingress(struct __sk_buff *skb, struct packet_info *pkt)
 {
     u16 first = RULE_NONE;
+    u32 len_before = skb->len;
     /* untag-uplink */
     if (pkt->ip_ver != 0) {
         if (first == RULE_NONE)
             first = 192;
-        if (apply) {
-            bpf_skb_vlan_pop(skb);
-            count_rule(skb->ifindex, 192, skb->len);
-        }
+        bpf_skb_vlan_pop(skb);
+        count_rule(skb->ifindex, 192, skb->len);
+    }
+    /* A tag moved between the skb's metadata and the frame (an in-frame tag popped, or an
+     * offloaded one pushed into the frame by a second push) shifts the IP header: keep the
+     * parsed offsets right for the HTTP capture that may follow. */
+    if (first != RULE_NONE && skb->len != len_before) {
+        s32 delta = (s32)skb->len - (s32)len_before;
+        if (pkt->l3_offset)
+            pkt->l3_offset += delta;
+        if (pkt->l4_offset)
+            pkt->l4_offset += delta;
+        if (pkt->l3_end)
+            pkt->l3_end += delta;
     }
     return first;
 }
-/* The egress rewrite rules, compiled in like the port rules. With apply 0 it only says
- * which rule matches first (for the record, written before the packet changes); with apply 1
- * it changes the packet: DSCP first, then the VLAN tag, because popping an in-frame tag moves
- * the IP header the DSCP offset points at. Every matching rule applies (the validator refuses
- * two overlapping rules that set the same thing). */
-static __always_inline u16 rewrite_egress(struct __sk_buff *skb, struct packet_info *pkt, int apply)
+
+/* The egress rewrite rules, compiled in like the port rules: changes the packet and
+ * returns the first rule that matched. DSCP first, then the VLAN tag, because
+ * popping an in-frame tag moves the IP header the DSCP offset points at. Every matching rule
+ * applies (the validator refuses two overlapping rules that set the same thing). */
+static __always_inline u16 rewrite_egress(struct __sk_buff *skb, struct packet_info *pkt)
 {
     u16 first = RULE_NONE;
+    u32 len_before = skb->len;
     /* tag-tenant */
     if (pkt->ip_ver == 4 && pkt->dst_ip[0] == 0x0a && pkt->dst_ip[1] == 0x14) {
         if (first == RULE_NONE)
             first = 193;
-        if (apply) {
-            bpf_skb_vlan_push(skb, ETH_P_8021Q_BE, 24696); /* id 120, pcp 3 */
-            count_rule(skb->ifindex, 193, skb->len);
-        }
+        bpf_skb_vlan_push(skb, ETH_P_8021Q_BE, 24696); /* id 120, pcp 3 */
+        count_rule(skb->ifindex, 193, skb->len);
     }
     /* voice */
     if (pkt->proto == IPPROTO_UDP && pkt->has_ports && pkt->dst_port >= 5060 && pkt->dst_port <= 5080) {
         if (first == RULE_NONE)
             first = 194;
-        if (apply) {
-            set_dscp(skb, pkt, 46);
-            count_rule(skb->ifindex, 194, skb->len);
-        }
+        set_dscp(skb, pkt, 46);
+        count_rule(skb->ifindex, 194, skb->len);
     }
     /* bulk-v6 */
     if (pkt->proto == IPPROTO_TCP && pkt->ip_ver == 6 && pkt->dst_ip[0] == 0x20 && pkt->dst_ip[1] == 0x01 && pkt->dst_ip[2] == 0x0d && pkt->dst_ip[3] == 0xb8 && pkt->dst_ip[4] == 0x02) {
         if (first == RULE_NONE)
             first = 195;
-        if (apply) {
-            set_dscp(skb, pkt, 10);
-            count_rule(skb->ifindex, 195, skb->len);
-        }
+        set_dscp(skb, pkt, 10);
+        count_rule(skb->ifindex, 195, skb->len);
+    }
+    /* A tag moved between the skb's metadata and the frame (an in-frame tag popped, or an
+     * offloaded one pushed into the frame by a second push) shifts the IP header: keep the
+     * parsed offsets right for the HTTP capture that may follow. */
+    if (first != RULE_NONE && skb->len != len_before) {
+        s32 delta = (s32)skb->len - (s32)len_before;
+        if (pkt->l3_offset)
+            pkt->l3_offset += delta;
+        if (pkt->l4_offset)
+            pkt->l4_offset += delta;
+        if (pkt->l3_end)
+            pkt->l3_end += delta;
     }
     return first;
 }
+
 
 int bpfleet_xdp(struct xdp_md *ctx)
 {
@@ -1359,8 +1377,10 @@ static __always_inline void emit_skb_record(struct __sk_buff *skb, struct packet
 #if LOG_INGRESS || REWRITE_INGRESS_RULES
 /* Runs at tc ingress, after XDP: what it sees has passed the filter. The rule that let the
  * packet through comes from XDP's metadata, or, where the driver keeps none, from the
- * classification repeated (lookups only, no tokens taken). Rewrites come last, so the record
- * shows the packet as it arrived and names the rewrite that then applied. Rewrites are here
+ * classification repeated (lookups only, no tokens taken). Rewrites come first; the record
+ * keeps the header fields as parsed before them and names the rewrite. They run before the
+ * HTTP capture, not after it: placed after, the verifier walked them once for every state
+ * the scanner leaves and refused such programs as too complex (E2BIG). Rewrites are here
  * and not in XDP because a NIC or veth with VLAN offload has already moved the tag out of the
  * frame before XDP runs; tc sees it either way. */
 int bpfleet_ingress(struct __sk_buff *skb)
@@ -1374,7 +1394,7 @@ int bpfleet_ingress(struct __sk_buff *skb)
         return TC_ACT_OK;
     vlan_from_skb(skb, &pkt);
 #if REWRITE_INGRESS_RULES
-    u16 rewrite = rewrite_ingress(skb, &pkt, 0);
+    u16 rewrite = rewrite_ingress(skb, &pkt);
     if (rewrite != RULE_NONE)
         pkt.rewrite = rewrite;
 #endif
@@ -1387,17 +1407,13 @@ int bpfleet_ingress(struct __sk_buff *skb)
         emit_skb_record(skb, &pkt, DIR_INGRESS, &v);
     }
 #endif
-#if REWRITE_INGRESS_RULES
-    if (rewrite != RULE_NONE)
-        rewrite_ingress(skb, &pkt, 1);
-#endif
     return TC_ACT_OK;
 }
 #endif
 
 #if LOG_EGRESS || FILTER_EGRESS || REWRITE_EGRESS_RULES
-/* Runs at tc egress: egress port rules, the record of what leaves, then the rewrites of what
- * passed (the record shows the packet before them and names the rewrite). */
+/* Runs at tc egress: egress port rules, the rewrites of what passes, then the record of what
+ * leaves (header fields as parsed before the rewrite, and the rewrite's name). */
 int bpfleet_egress(struct __sk_buff *skb)
 {
     void *data = (void *)(long)skb->data;
@@ -1409,11 +1425,6 @@ int bpfleet_egress(struct __sk_buff *skb)
         return TC_ACT_OK;
     vlan_from_skb(skb, &pkt);
     struct verdict v = {.action = ACTION_PASS, .rule = RULE_NONE, .log_rule = RULE_NONE};
-#if REWRITE_EGRESS_RULES
-    u16 rewrite = rewrite_egress(skb, &pkt, 0);
-    if (rewrite != RULE_NONE)
-        pkt.rewrite = rewrite;
-#endif
 #if FILTER_EGRESS
     if (check_egress_ports(&pkt, &v))
         count_rule(skb->ifindex, v.rule, skb->len);
@@ -1430,13 +1441,15 @@ int bpfleet_egress(struct __sk_buff *skb)
         return TC_ACT_SHOT;
     }
 #endif
+#if REWRITE_EGRESS_RULES
+    /* Only what passes is rewritten (a `log` port rule's record above shows it unchanged). */
+    u16 rewrite = rewrite_egress(skb, &pkt);
+    if (rewrite != RULE_NONE)
+        pkt.rewrite = rewrite;
+#endif
 #if LOG_EGRESS
     if (v.log_rule == RULE_NONE)
         emit_skb_record(skb, &pkt, DIR_EGRESS, &v);
-#endif
-#if REWRITE_EGRESS_RULES
-    if (rewrite != RULE_NONE)
-        rewrite_egress(skb, &pkt, 1);
 #endif
     return TC_ACT_OK;
 }

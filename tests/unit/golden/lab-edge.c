@@ -748,8 +748,10 @@ static __always_inline void emit_skb_record(struct __sk_buff *skb, struct packet
 #if LOG_INGRESS || REWRITE_INGRESS_RULES
 /* Runs at tc ingress, after XDP: what it sees has passed the filter. The rule that let the
  * packet through comes from XDP's metadata, or, where the driver keeps none, from the
- * classification repeated (lookups only, no tokens taken). Rewrites come last, so the record
- * shows the packet as it arrived and names the rewrite that then applied. Rewrites are here
+ * classification repeated (lookups only, no tokens taken). Rewrites come first; the record
+ * keeps the header fields as parsed before them and names the rewrite. They run before the
+ * HTTP capture, not after it: placed after, the verifier walked them once for every state
+ * the scanner leaves and refused such programs as too complex (E2BIG). Rewrites are here
  * and not in XDP because a NIC or veth with VLAN offload has already moved the tag out of the
  * frame before XDP runs; tc sees it either way. */
 int bpfleet_ingress(struct __sk_buff *skb)
@@ -763,7 +765,7 @@ int bpfleet_ingress(struct __sk_buff *skb)
         return TC_ACT_OK;
     vlan_from_skb(skb, &pkt);
 #if REWRITE_INGRESS_RULES
-    u16 rewrite = rewrite_ingress(skb, &pkt, 0);
+    u16 rewrite = rewrite_ingress(skb, &pkt);
     if (rewrite != RULE_NONE)
         pkt.rewrite = rewrite;
 #endif
@@ -776,17 +778,13 @@ int bpfleet_ingress(struct __sk_buff *skb)
         emit_skb_record(skb, &pkt, DIR_INGRESS, &v);
     }
 #endif
-#if REWRITE_INGRESS_RULES
-    if (rewrite != RULE_NONE)
-        rewrite_ingress(skb, &pkt, 1);
-#endif
     return TC_ACT_OK;
 }
 #endif
 
 #if LOG_EGRESS || FILTER_EGRESS || REWRITE_EGRESS_RULES
-/* Runs at tc egress: egress port rules, the record of what leaves, then the rewrites of what
- * passed (the record shows the packet before them and names the rewrite). */
+/* Runs at tc egress: egress port rules, the rewrites of what passes, then the record of what
+ * leaves (header fields as parsed before the rewrite, and the rewrite's name). */
 int bpfleet_egress(struct __sk_buff *skb)
 {
     void *data = (void *)(long)skb->data;
@@ -798,11 +796,6 @@ int bpfleet_egress(struct __sk_buff *skb)
         return TC_ACT_OK;
     vlan_from_skb(skb, &pkt);
     struct verdict v = {.action = ACTION_PASS, .rule = RULE_NONE, .log_rule = RULE_NONE};
-#if REWRITE_EGRESS_RULES
-    u16 rewrite = rewrite_egress(skb, &pkt, 0);
-    if (rewrite != RULE_NONE)
-        pkt.rewrite = rewrite;
-#endif
 #if FILTER_EGRESS
     if (check_egress_ports(&pkt, &v))
         count_rule(skb->ifindex, v.rule, skb->len);
@@ -819,13 +812,15 @@ int bpfleet_egress(struct __sk_buff *skb)
         return TC_ACT_SHOT;
     }
 #endif
+#if REWRITE_EGRESS_RULES
+    /* Only what passes is rewritten (a `log` port rule's record above shows it unchanged). */
+    u16 rewrite = rewrite_egress(skb, &pkt);
+    if (rewrite != RULE_NONE)
+        pkt.rewrite = rewrite;
+#endif
 #if LOG_EGRESS
     if (v.log_rule == RULE_NONE)
         emit_skb_record(skb, &pkt, DIR_EGRESS, &v);
-#endif
-#if REWRITE_EGRESS_RULES
-    if (rewrite != RULE_NONE)
-        rewrite_egress(skb, &pkt, 1);
 #endif
     return TC_ACT_OK;
 }
