@@ -74,7 +74,7 @@ def test_ci_run_fixes_stages_scenarios_and_the_golden_switch():
     exported = {}
     for line in text.splitlines():
         if line.startswith("export "):
-            name, _, value = line[len("export "):].partition("=")
+            name, _equals, value = line[len("export "):].partition("=")
             exported[name] = value.strip('"')
     assert exported["CI"] == "true"
     all_stages = re.search(r"^ALL_STAGES=\((.*)\)$", TEST_SH.read_text(), re.M).group(1).split()
