@@ -26,7 +26,8 @@ struct bpfleet_record {
     u16 payload_len;
     u8 flags;
     u8 version;
-    u8 _pad[8];
+    u16 rewrite; /* rule id of the rewrite applied after the record was taken; 0: none */
+    u8 _pad[6];
 };
 
 _Static_assert(sizeof(struct bpfleet_record) == 88, "record layout is a user-space contract");

@@ -128,7 +128,7 @@ STAT_RECORDS_LOST = STAT_SLOTS.index("records_lost")
 
 # ---- header record v1 (docs/architecture.md) ----------------------------------------------
 
-RECORD_FORMAT = "<QIIBBHHH6s6sBBBBHH16s16sHBB8x"   # struct bpfleet_record, 88 bytes
+RECORD_FORMAT = "<QIIBBHHH6s6sBBBBHH16s16sHBBH6x"  # struct bpfleet_record, 88 bytes
 RECORD_VERSION = 1
 PAYLOAD_TRUNCATED = 0x01    # the end of the request headers is not in the payload
 PAYLOAD_REDACTED = 0x02     # the kernel scanned the payload and blanked sensitive values

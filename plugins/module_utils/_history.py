@@ -27,7 +27,7 @@ import signal
 import time
 import uuid
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _apply
+from ansible_collections.bpfleet.core.plugins.module_utils import _apply, _audit
 from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 from ansible_collections.bpfleet.core.plugins.module_utils import _maps as maps
@@ -384,6 +384,7 @@ def _timer(module, name, token, deadline, compile_and_pin):
     if not current or current.get("token") != token:
         _log("confirmed or superseded at the deadline; nothing to do")
         return 0
+    before = _audit.digests(name)
     try:
         result = rollback(CommandRunner(module), name, compile_and_pin, reason="confirm timeout (%ss) expired" %
                           current.get("timeout_s"))
@@ -392,4 +393,8 @@ def _timer(module, name, token, deadline, compile_and_pin):
         record_event(name, "rollback_failed", reason="confirm timeout expired", error=str(exc))
         return 1
     _log("rolled back to %s: %s" % (result["policy"]["source_digest"], "; ".join(result.get("plan", []))))
+    problem = _audit.record_change("timer_rollback", name, before, None,
+                                   {"reason": "confirm timeout (%ss) expired" % current.get("timeout_s")})
+    if problem:
+        _log(problem)
     return 0

@@ -9,7 +9,7 @@ __metaclass__ = type
 import json
 import os
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _contract
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract, _safe_files
 
 BPFFS_ROOT = _contract.BPFFS_ROOT
 PIN_ROOT = _contract.PIN_ROOT
@@ -87,13 +87,9 @@ def write_atomic(path, text, mode=0o640):
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         os.makedirs(directory, 0o750)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.rename(tmp, path)
+    # In the directory's fd, through a fresh O_EXCL|O_NOFOLLOW temporary file: a symlink
+    # planted at either name is replaced, never written through (docs/security.md).
+    _safe_files.write_atomic_in(directory, os.path.basename(path), text.encode("utf-8"), mode, sync=True)
 
 
 def applied_policies():

@@ -57,7 +57,7 @@ PAYLOAD_CUT = _contract.PAYLOAD_CUT
 ALWAYS_FIELDS = ("ts", "host", "iface", "dir")
 OPTIONAL_FIELDS = (
     "action", "rule", "src_mac", "dst_mac", "vlan", "ip_ver", "src_ip", "dst_ip",
-    "ttl", "len", "proto", "src_port", "dst_port", "tcp_flags", "http",
+    "ttl", "len", "proto", "src_port", "dst_port", "tcp_flags", "rewrite", "http",
 )
 KEY_ORDER = ALWAYS_FIELDS + OPTIONAL_FIELDS
 
@@ -188,6 +188,7 @@ class RecordDecoder(object):
         want_src_port = "src_port" in want
         want_dst_port = "dst_port" in want
         want_tcp_flags = "tcp_flags" in want
+        want_rewrite = "rewrite" in want
         want_http = "http" in want and self.payload_parser is not None
         host = self.host
         iface_names = self.iface_names
@@ -212,7 +213,7 @@ class RecordDecoder(object):
                 continue
             (ts_boot_ns, ifindex, pkt_len, direction, action, rule, vlan, _eth_proto,
              src_mac, dst_mac, ip_ver, proto, ttl, tcp_flags, src_port, dst_port,
-             src_ip, dst_ip, payload_len, flags, version) = unpack_from(raw)
+             src_ip, dst_ip, payload_len, flags, version, rewrite) = unpack_from(raw)
             if version != RECORD_VERSION or RECORD_SIZE + payload_len > len(raw):
                 malformed += 1
                 continue
@@ -263,6 +264,8 @@ class RecordDecoder(object):
                 record["dst_port"] = dst_port if has_ports else None
             if want_tcp_flags:
                 record["tcp_flags"] = flags_text[tcp_flags] if is_ip and proto == _TCP else None
+            if want_rewrite:
+                record["rewrite"] = (rule_names.get(rewrite) or str(rewrite)) if rewrite else None
             if want_http and payload_len:
                 try:
                     http = payload_parser(bytes(raw[RECORD_SIZE:RECORD_SIZE + payload_len]),
@@ -310,10 +313,11 @@ def decode_batch(raw_records, fields, host, rule_names=None, iface_names=None,
 # u32 page offset) and the 88-byte record, grouped so that what stays the same for a flow
 # comes out as two bytes objects: the ifindex, and offsets 16-75 (direction, action, rule,
 # VLAN, MACs, IP version, protocol, TTL, TCP flags, ports, addresses). Time and length
-# change per packet. The trailer (payload_len, flags, version) must be 0, 0, 1.
-_SLOT = struct.Struct("<I4xQ4sI60s4s8x")
+# change per packet. The trailer (payload_len, flags, version, rewrite) must be 0, 0, 1, 0:
+# a record of a rewritten packet takes the slow path (RecordDecoder).
+_SLOT = struct.Struct("<I4xQ4sI60s6s6x")
 _SLOT_SIZE = _SLOT.size                         # 96
-_SLOT_TRAILER = b"\x00\x00\x00\x01"
+_SLOT_TRAILER = b"\x00\x00\x00\x01\x00\x00"
 _FLOW = struct.Struct("<BBHHH6s6sBBBBHH16s16s")
 _HEADER = struct.Struct("<I")
 _BUSY = 1 << 31
@@ -382,6 +386,7 @@ class LineEncoder(object):
             "src_port": lambda: src_port if has_ports else None,
             "dst_port": lambda: dst_port if has_ports else None,
             "tcp_flags": lambda: _TCP_FLAGS_TEXT[tcp_flags] if is_ip and proto == _TCP else None,
+            "rewrite": lambda: None,  # the fast path only takes records without a rewrite
         }
         parts = ['Z","host":', dumps(decoder.host), ',"iface":', dumps(iface),
                  ',"dir":', dumps(DIRECTIONS[direction] if direction < 2 else str(direction))]

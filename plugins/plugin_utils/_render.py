@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import os
 
 import jinja2
@@ -28,10 +29,12 @@ def program_manifest(model):
     programs = [{"function": "bpfleet_xdp", "hook": "xdp", "pin": "prog_xdp"}]
     log = model["log"]
     logged = log["directions"] if log["enabled"] else []
-    # Egress port rules need the egress program even when nothing is logged.
+    # Egress port rules need the egress program even when nothing is logged; rewrite rules
+    # need the program of their direction.
     filters_egress = any(rule["direction"] == "egress" for rule in model["filter"]["ports"])
+    rewrites = set(rule["direction"] for rule in model.get("rewrite") or [])
     for direction in ("ingress", "egress"):
-        if direction in logged or (direction == "egress" and filters_egress):
+        if direction in logged or (direction == "egress" and filters_egress) or direction in rewrites:
             programs.append({"function": "bpfleet_" + direction, "hook": "tc-" + direction,
                              "pin": "prog_tc_" + direction})
     return programs
@@ -75,6 +78,54 @@ def kernel_http(model):
                        for index, value in enumerate(slots) if value],
         "tails": tails,
     }
+
+
+def _address_test(field, cidr):
+    """C test that pkt-><field> (16 bytes, IPv4 in the first 4) lies in `cidr`: whole bytes
+    compared, the last partial byte masked, so the compiler sees constants only."""
+    net = ipaddress.ip_network(cidr)
+    raw = net.network_address.packed
+    tests = ["pkt->ip_ver == %d" % net.version]
+    full, rest = divmod(net.prefixlen, 8)
+    for index in range(full):
+        tests.append("pkt->%s[%d] == 0x%02x" % (field, index, raw[index]))
+    if rest:
+        mask = (0xff << (8 - rest)) & 0xff
+        tests.append("(pkt->%s[%d] & 0x%02x) == 0x%02x" % (field, full, mask, raw[full] & mask))
+    return " && ".join(tests)
+
+
+def _port_test(field, ports):
+    low, high = ports
+    if low == high:
+        return "pkt->has_ports && pkt->%s == %d" % (field, low)
+    return "pkt->has_ports && pkt->%s >= %d && pkt->%s <= %d" % (field, low, field, high)
+
+
+_PROTO_TESTS = {"tcp": "pkt->proto == IPPROTO_TCP", "udp": "pkt->proto == IPPROTO_UDP", "icmp": "is_icmp(pkt)",
+                "any": "pkt->ip_ver != 0"}
+
+
+def kernel_rewrites(model):
+    """Rewrite rules with their match as one C condition (bpf/bpfleet.c.j2 compiles them in)."""
+    rules = []
+    for rule in model.get("rewrite") or []:
+        match = rule["match"]
+        tests = [_PROTO_TESTS[match["proto"]]]
+        for key, field in (("src", "src_ip"), ("dst", "dst_ip")):
+            if match[key]:
+                tests.append(_address_test(field, match[key]))
+        if match["proto"] == "any" and len(tests) > 1:
+            tests.pop(0)  # an address test already requires an IP packet
+        for key in ("src_port", "dst_port"):
+            if match[key]:
+                tests.append(_port_test(key, match[key]))
+        vlan = rule["vlan"] or {}
+        rules.append({"id": rule["id"], "name": rule["name"], "direction": rule["direction"],
+                      "condition": " && ".join(tests), "dscp": rule["dscp"],
+                      "vlan_strip": bool(vlan.get("strip")),
+                      "vlan_push_tci": ((vlan["pcp"] << 13) | vlan["push"]) if vlan.get("push") else None})
+    return rules
 
 
 def log_settings(model):
@@ -129,6 +180,7 @@ def render(model):
         contract_defines=_contract.c_defines(),
         list_maps=_contract.LIST_FAMILIES,
         http=kernel_http(model),
+        rewrites=kernel_rewrites(model),
         rule_names=dict((rule["id"], rule["name"]) for rule in _policy.rule_details(model)),
         rate_fill_ns=dict((limit["id"], _fill_nanoseconds(limit)) for limit in model["filter"]["rate_limit"]),
     )
@@ -152,5 +204,6 @@ def render(model):
         "filter_default": model["filter"]["default"],
         "filter": {"default": model["filter"]["default"], "ports": model["filter"]["ports"],
                    "rate_limit": model["filter"]["rate_limit"]},
+        "rewrite": model.get("rewrite") or [],
         "log": log_settings(model),
     }

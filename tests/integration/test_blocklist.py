@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -212,19 +211,18 @@ def test_lockout_guard_judges_port_rules_as_the_kernel_does(prepared):
     assert delivered(lab) == 10
 
 
-def test_block_one_address_across_the_fleet_in_one_short_task(prepared, capsys):
+def test_block_one_address_across_the_fleet_in_one_short_task(prepared):
+    """One task blocks an address on every host. How short that task is, is
+    measured against a stated bound by the benchmark (tests/bench/fleet_ops.py), not here: a
+    shared test machine's timing proves nothing either way."""
     lab = prepared
     lab.playbook([policy_task()])
     target = lab.hosts["h3"]["lab_ipv4"]
-    started = time.monotonic()
     outcome = lab.playbook([block_task([target])])
-    seconds = time.monotonic() - started
     for host in ("h1", "h2", "h3"):
         assert one(outcome, host)["changed"] is True
         assert one(outcome, host)["live_edits"]["deny_v4"] == {"added": 1, "removed": 0}
     assert delivered(lab, receiver="h1") == 0
     assert delivered(lab, receiver="h2") == 0
-    with capsys.disabled():
-        print(f"\n[blocklist] one address blocked on 3 hosts: ansible-playbook took {seconds:.2f} s")
     lab.playbook([block_task([target], state="absent")])
     assert delivered(lab, receiver="h2") == 10
