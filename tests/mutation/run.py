@@ -91,9 +91,9 @@ MUTANTS = [
     Mutant(
         name="lockout-verdict-never-drops",
         guarantee="the lockout guard's verdict sees a deny entry that matches the controller",
-        path="plugins/module_utils/_lockout.py",
-        old='        return True, "it matches filter.deny %s" % denied\n',
-        new='        return False, "it matches filter.deny %s" % denied  # mutant\n',
+        path="plugins/module_utils/_classifier.py",
+        old='    for list_name, action in (("allow", "pass"), ("deny", "drop")):\n',
+        new='    for list_name, action in (("allow", "pass"), ("deny", "pass")):  # mutant\n',
         tests=["tests/unit/plugins/module_utils/test_lockout.py"],
     ),
 ]
