@@ -92,7 +92,13 @@ def _health_of(facts):
     """(host health, {policy: health}): the facts' own, else the model applied here."""
     policies = facts.get("policies") or {}
     if facts.get("health") and all((data or {}).get("health") for data in policies.values()):
-        return facts["health"], dict((name, data["health"]) for name, data in policies.items())
+        host = facts["health"]
+        if _health.audit_problems(facts.get("audit")) and not [
+                p for p in host.get("problems") or [] if p.get("code") == "audit_broken"]:
+            # Facts from before the audit trail was part of the model.
+            host = _health.summary(list(host.get("problems") or []) + _health.audit_problems(facts.get("audit")),
+                                   host.get("window_s"))
+        return host, dict((name, data["health"]) for name, data in policies.items())
     return _health.from_facts(facts, time.time())
 
 
@@ -135,12 +141,8 @@ def fleet_report(hostvars, hosts, expected=None):
         policies = [_policy_entry(name, data, policy_health[name])
                     for name, data in sorted((facts.get("policies") or {}).items())]
         agent = facts.get("agent") or {}
+        # A broken audit chain is a problem of the health model (audit_broken, unhealthy).
         audit = _audit_entry(facts)
-        audit_broken = audit is not None and not audit["verified"]
-        messages = list(host_health["messages"])
-        if audit_broken:
-            # A broken audit chain is a security event: the host is unhealthy until explained.
-            messages.append("audit trail broken: %s" % audit["error"])
         entries.append({"host": host, "reachable": True, "policies": policies,
                         "agent": {"running": bool(agent.get("running")), "state": _health.agent_state(agent),
                                   "pid": agent.get("pid"), "version": agent.get("version"),
@@ -148,10 +150,10 @@ def fleet_report(hostvars, hosts, expected=None):
                         "kernel": (facts.get("kernel") or {}).get("release"),
                         "kernel_features": _kernel_features(facts.get("kernel") or {}),
                         "audit": audit,
-                        "status": _health.UNHEALTHY if audit_broken else host_health["status"],
-                        "healthy": host_health["status"] != _health.UNHEALTHY and not audit_broken,
+                        "status": host_health["status"],
+                        "healthy": host_health["status"] != _health.UNHEALTHY,
                         "health_problems": host_health["problems"],
-                        "problems": messages})
+                        "problems": host_health["messages"]})
 
     # Out of date: against the expected policy when given, else against the digests most
     # hosts run for each policy name.

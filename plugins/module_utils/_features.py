@@ -309,6 +309,41 @@ def probe(use_cache=True, write_cache=True):
     return features, False
 
 
+# Where distributions' python3-bpfcc keeps its version: read as text, so neither the facts nor
+# a refusal needs to load BCC (LLVM, about 200 MB).
+BCC_VERSION_FILES = ("/usr/lib/python3/dist-packages/bcc/version.py",)
+# BPF_TABLE_PINNED with map flags (the LPM tries need BPF_F_NO_PREALLOC) and creation of a
+# pinned table that does not exist yet came with BCC 0.24 (iovisor/bcc#3837, #3382); Debian
+# 11's 0.18 fails to compile the program (docs/compatibility.md).
+MIN_BCC_VERSION = (0, 24)
+
+
+def bcc_version():
+    """The installed BCC's version text ("0.26.0"), or None when it cannot be told."""
+    for path in BCC_VERSION_FILES:
+        try:
+            with open(path) as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("__version__"):
+                return line.split("=", 1)[1].strip().strip("'\"")
+    return None
+
+
+def bcc_too_old(version):
+    """A message when `version` is older than MIN_BCC_VERSION, else None (unknown: None)."""
+    try:
+        parts = tuple(int(part) for part in (version or "").split(".")[:2])
+    except ValueError:
+        return None
+    if len(parts) < 2 or parts >= MIN_BCC_VERSION:
+        return None
+    return ("BCC %s is older than %d.%d, the oldest that compiles bpfleet's programs (pinned tables with map "
+            "flags, created when missing); Debian 12 and newer have it" % ((version,) + MIN_BCC_VERSION))
+
+
 class MaskError(ValueError):
     pass
 

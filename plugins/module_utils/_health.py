@@ -64,6 +64,7 @@ CODES = {
     "disk_full": (UNHEALTHY, True),
     "disk_near_full": (DEGRADED, False),
     "pending_confirm": (DEGRADED, False),       # the rollout itself runs with a pending change
+    "audit_broken": (UNHEALTHY, True),          # a security event: explain it before changing more
 }
 
 # Agent errors about the output file, as bpfleet_agent.py words them.
@@ -291,14 +292,24 @@ def agent_problems(agent, logging_policies, limits=None):
     return []
 
 
-def host_health(policies, agent=None, limits=None):
-    """Health of a host from its policies' health (policy_health) and the agent's state.
+def audit_problems(audit):
+    """``audit``: the facts' audit (_audit.verify(): verified, error, path); none when absent."""
+    if not isinstance(audit, dict) or audit.get("verified", True):
+        return []
+    # Worded as the fleet report said it before the model knew the audit trail (docs/security.md
+    # says what to do: records of changes were deleted, moved or edited on the host).
+    return [problem("audit_broken", "audit trail broken: %s" % (audit.get("error") or "?"))]
+
+
+def host_health(policies, agent=None, limits=None, audit=None):
+    """Health of a host from its policies' health (policy_health), the agent's state and the
+    audit trail's verification.
 
     Agent problems are listed once for the host (policies that log repeat them in their own
     health); the other problems carry their policy's name."""
     limits = limits or thresholds()
     logging = [name for name, health in policies.items() if health.get("logs")]
-    problems = list(agent_problems(agent, logging, limits))
+    problems = list(agent_problems(agent, logging, limits)) + audit_problems(audit)
     agent_codes = ("agent_stopped", "status_stale")
     for name in sorted(policies):
         problems.extend(p for p in policies[name]["problems"] if p["code"] not in agent_codes)
@@ -316,7 +327,7 @@ def from_facts(facts, now, limits=None):
         log = dict(data.get("log") or {})
         result[name] = policy_health(name, now, drift=data.get("drift") or [], log=log, agent=agent,
                                      pending=(data.get("history") or {}).get("pending"), limits=limits)
-    return host_health(result, agent, limits), result
+    return host_health(result, agent, limits, facts.get("audit")), result
 
 
 def severity_value(status):

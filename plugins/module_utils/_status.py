@@ -44,23 +44,10 @@ def kernel_status():
         "btf": os.path.exists("/sys/kernel/btf/vmlinux"),
         "bpffs": paths.bpffs_mounted(),
         "headers": headers,
-        "bcc_version": bcc_version(),
+        "bcc_version": features_probe.bcc_version(),
     }
     status.update(kernel_features())
     return status
-
-
-# Where Debian's python3-bpfcc keeps its version: read as text, so the facts never load BCC.
-BCC_VERSION_FILES = ("/usr/lib/python3/dist-packages/bcc/version.py",)
-
-
-def bcc_version():
-    for path in BCC_VERSION_FILES:
-        text = paths.read_text(path) or ""
-        for line in text.splitlines():
-            if line.startswith("__version__"):
-                return line.split("=", 1)[1].strip().strip("'\"")
-    return None
 
 
 def kernel_features():
@@ -272,12 +259,13 @@ def gather(runner, only=None, health_window=None):
             "live_edits": live_edits.counts(name),
             "history": past,
         }
+    # The hash-chained record of changes on this host, verified now (docs/security.md).
+    trail = audit.verify()
     return {
         "kernel": kernel_status(),
         "agent": agent,
-        "health": health_model.host_health(policy_health, agent, limits),
+        "health": health_model.host_health(policy_health, agent, limits, trail),
         "policies": policies,
         "policy_names": sorted(policies),
-        # The hash-chained record of changes on this host, verified now (docs/security.md).
-        "audit": audit.verify(),
+        "audit": trail,
     }

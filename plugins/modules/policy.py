@@ -355,6 +355,9 @@ def _kernel_features(module):
     except OSError as exc:
         module.fail_json(msg="probing the kernel's BPF features failed: %s" % exc)
     missing = _features.missing_required(features)
+    too_old = _features.bcc_too_old(_features.bcc_version())
+    if too_old:
+        missing.append(too_old)
     _bpf_syscall.batch_ops_enabled = bool(features["map_batch_ops"]["available"])
     identity = _features.kernel_identity()
     if missing:

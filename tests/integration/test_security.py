@@ -123,6 +123,7 @@ def test_agent_refuses_a_symlink_planted_in_the_log_directory(fleet):
     wait_for(lambda: agent_policy_status(lab, "h1", "sec-planted").get("map_id"), what="the agent to open the ring")
     delivered = lab.udp_delivered("h2", lab.hosts["h2"]["lab_ipv4"], "h1", lab.hosts["h1"]["lab_ipv4"], count=10)
     assert delivered == 10
+
     def lost_ten():
         status = agent_policy_status(lab, "h1", "sec-planted")
         return status if status.get("records_lost_user", 0) >= 10 else None
@@ -132,8 +133,9 @@ def test_agent_refuses_a_symlink_planted_in_the_log_directory(fleet):
     assert status["records_written"] == 0
     assert sha256_on(lab, "h1", TARGET) == target_before
     assert lab.exec("h1", "test", "-L", PLANTED).returncode == 0
-    written_outside = lab.exec("h1", "sh", "-c", "find /var/log -newer /var/log/.bpfleet-security-marker -type f "
-                                                  "-not -path '/var/log/bpfleet/*' -print").stdout.split()
+    find = ("find /var/log -newer /var/log/.bpfleet-security-marker -type f -not -path '/var/log/bpfleet/*' "
+            "-print")
+    written_outside = lab.exec("h1", "sh", "-c", find).stdout.split()
     assert written_outside == [], written_outside
     facts = lab.playbook([{"name": "facts", "bpfleet.core.bpfleet_facts": {"name": "sec-planted"}}], hosts="h1")
     log = facts["h1"][0]["ansible_facts"]["bpfleet"]["policies"]["sec-planted"]["log"]

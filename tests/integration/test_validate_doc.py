@@ -2,9 +2,10 @@
 
 The block is read from the page (the `sh` block that starts with `# in a clone of this
 repository`) and run by `bash` in a copy of the repository's tracked files, as a plain clone
-has them: no .tmp/, no collection path, nothing on PATH but the system's. The controller venv
-is the one scripts/bootstrap.sh already made here (linked in as .venv, so the bootstrap in the
-block finds it up to date instead of spending minutes on pip). Controller only: no fleet.
+has them, after what scripts/bootstrap.sh does there: .venv (here a link to the venv bootstrap
+already made, so no pip runs into a venv other checkouts may share) and the collection path
+link .tmp/collections/ansible_collections/bpfleet/core -> the clone (bootstrap's step 4).
+Nothing on PATH but the system's. Controller only: no fleet.
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ def test_validate_command_from_a_plain_clone(tmp_path):
     if not (venv / "bin" / "ansible-playbook").exists():
         pytest.skip("no .venv with ansible-playbook: run scripts/bootstrap.sh")
     clone = plain_clone(tmp_path / "bpfleet")
-    assert not (clone / ".tmp").exists()
+    assert not (clone / ".tmp").exists() and not (clone / ".venv").exists()
     (clone / ".venv").symlink_to(venv.resolve())
+    link = clone / ".tmp" / "collections" / "ansible_collections" / "bpfleet" / "core"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(clone)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": os.environ.get("HOME", "/root"),
            "LANG": "C.UTF-8", "ANSIBLE_NOCOLOR": "1"}
-    if os.geteuid() != 0:
-        env["BPFLEET_SKIP_APT"] = "1"  # apt needs root; CI runs as root and bootstraps first
     block = documented_block()
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=clone, env=env, capture_output=True,
                             text=True, timeout=600, check=False)

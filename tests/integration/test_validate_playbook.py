@@ -143,8 +143,8 @@ def test_the_repository_policies_pass_with_their_golden_digests(tmp_path):
     for path in policies:
         golden = json.loads((REPO / "tests" / "unit" / "golden" / (path.stem + ".digests.json")).read_text())
         name = yaml.safe_load(path.read_text())["name"]
-        line = "OK   %s: %s source_digest=%s maps_digest=%s" % (path.name, name, golden["source_digest"],
-                                                               golden["maps_digest"])
+        line = "OK   %s: %s source_digest=%s maps_digest=%s" % (
+            path.name, name, golden["source_digest"], golden["maps_digest"])
         assert line in result.output, result.output
 
 

@@ -102,3 +102,9 @@ def test_kernel_features_probe():
     assert set(first) == set(_features.FEATURES_BY_NAME)
     assert _features.missing_required(first) == []
     assert _features.probe_all() == first
+
+
+def test_bcc_older_than_0_24_is_refused_with_the_reason():
+    assert "BCC 0.18.0 is older than 0.24" in _features.bcc_too_old("0.18.0")
+    assert _features.bcc_too_old("0.24.0") is None and _features.bcc_too_old("0.31.0") is None
+    assert _features.bcc_too_old(None) is None and _features.bcc_too_old("unknown") is None

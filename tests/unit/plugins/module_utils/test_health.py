@@ -169,6 +169,20 @@ def test_from_facts_of_an_older_collection():
     assert health.from_facts(facts, NOW)[0]["problems"][0]["code"] == "agent_stopped"
 
 
+def test_a_broken_audit_trail_makes_the_host_unhealthy():
+    audit = {"path": "/var/lib/bpfleet/audit/audit.jsonl", "verified": False, "error": "line 3: hash mismatch"}
+    host = health.host_health({}, None, audit=audit)
+    assert host["status"] == "unhealthy" and not host["rollout_ok"]
+    assert host["messages"] == ["audit trail broken: line 3: hash mismatch"]
+    assert health.host_health({}, None, audit=dict(audit, verified=True, error=None))["status"] == "healthy"
+    facts = {"agent": {"running": True}, "policies": {}, "audit": audit}
+    assert health.from_facts(facts, NOW)[0]["problems"][0]["code"] == "audit_broken"
+    # Facts whose health predates the audit problem: the report adds it through the model.
+    hostvars = {"h1": {"ansible_facts": {"bpfleet": dict(facts, health=health.host_health({}, None))}}}
+    entry = report_plugin.fleet_report(hostvars, ["h1"])["hosts"][0]
+    assert entry["status"] == "unhealthy" and entry["problems"] == ["audit trail broken: line 3: hash mismatch"]
+
+
 def test_thresholds_override():
     limits = health.thresholds({"window_s": "20", "kernel_loss_min_records": 5.0, "unknown": 1})
     assert limits["window_s"] == 20.0 and limits["kernel_loss_min_records"] == 5 and "unknown" not in limits
@@ -186,11 +200,11 @@ def agent():
 
 
 def fake_agent(agent_module, tmp_path, window=30.0, interval=5.0):
-    options = types.SimpleNamespace(
-        state_dir=str(tmp_path / "state"), pin_root=str(tmp_path / "pins"), run_dir=str(tmp_path / "run"),
-        agent_log=None, poll_interval=0.05, rescan_interval=2.0, status_interval=1.0, supervised=False,
-        textfile_dir=None, syslog=None, health_window=window, health_sample_interval=interval,
-        sink_dirs=None, drop_capabilities=False)
+    # The agent's own defaults for every option, so options added later need no change here.
+    options = types.SimpleNamespace(**dict(
+        agent_module.CONFIG_DEFAULTS, state_dir=str(tmp_path / "state"), pin_root=str(tmp_path / "pins"),
+        run_dir=str(tmp_path / "run"), agent_log=None, textfile_dir=None, syslog=None, supervised=False,
+        health_window=window, health_sample_interval=interval, sink_dirs=None, drop_capabilities=False))
     worker = agent_module.Agent(options)
     policy = agent_module.PolicyLog("web", str(tmp_path / "state" / "web" / "state.json"))
     policy.logging_enabled = True
