@@ -26,7 +26,7 @@ import shutil
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _attach as attach
 from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
-from ansible_collections.bpfleet.core.plugins.module_utils import _features
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract, _features
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 from ansible_collections.bpfleet.core.plugins.module_utils import _live_edits as live_edits
 from ansible_collections.bpfleet.core.plugins.module_utils import _maps as maps
@@ -183,7 +183,7 @@ class PolicyHost:
         lists = self.rendered.lists
         recorded = live_edits.read(self.name)
         pruned = live_edits.empty()
-        for map_name in maps.LIST_MAPS:
+        for map_name in _contract.LIST_MAPS:
             spec = next(s for s in self.rendered["maps"] if s["name"] == map_name)
             packed = lists[map_name]
             desired = packed.key_list()

@@ -91,6 +91,7 @@ class Edit:
         self.live = {}
         self.upsert = {}
         self.remove = {}
+        self.rate_limits = []  # after lockout(): rate limits the controller's SSH packets meet after the edit
 
     def _live_keys(self, map_name):
         if map_name not in self.live:
@@ -176,7 +177,8 @@ class Edit:
         else:
             return None
         packet = _classifier.Packet.tcp(address, port)
-        after = _classifier.classify(packet, self._filter_section(), self._after(version))
+        after = _classifier.xdp_verdict(packet, self._filter_section(), self._after(version))
+        self.rate_limits = [_classifier.describe_limit(limit) for limit in after.rate_limits]
         if self.list_name == "deny":
             if after.kind == "allow":
                 return False, "allowed by the allow entry %s" % after.entry

@@ -17,12 +17,6 @@ except ImportError:
 
 COUNTER = _contract.COUNTER
 RULE_KEY = _contract.RULE_KEY
-_SLOT = _contract.STAT_KEY
-
-# Slots of the `stats` per-CPU array.
-STAT_SLOTS = _contract.STAT_SLOTS
-STAT_RECORDS_EMITTED = _contract.STAT_RECORDS_EMITTED
-STAT_RECORDS_LOST = _contract.STAT_RECORDS_LOST
 
 
 def _summed(values):
@@ -36,7 +30,7 @@ def _summed(values):
 
 def read_slot(stats_fd, slot):
     """(packets, bytes) of one slot of the `stats` array."""
-    return _summed(_bpf_syscall.percpu_lookup(stats_fd, _SLOT.pack(slot), COUNTER.size))
+    return _summed(_bpf_syscall.percpu_lookup(stats_fd, _contract.STAT_KEY.pack(slot), COUNTER.size))
 
 
 def read_rule_counters(rules_fd):

@@ -25,7 +25,6 @@ from ansible_collections.bpfleet.core.plugins.module_utils import _contract, _pa
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 
 SCHEMA = 1
-LIST_MAPS = _contract.LIST_MAPS
 
 
 def record_file(name):
@@ -53,7 +52,7 @@ def text_of(map_name, key):
 
 
 def empty():
-    return dict((map_name, {"added": set(), "removed": set()}) for map_name in LIST_MAPS)
+    return dict((map_name, {"added": set(), "removed": set()}) for map_name in _contract.LIST_MAPS)
 
 
 def read(name):
@@ -73,7 +72,7 @@ def is_empty(edits):
 
 def document_of(edits):
     lists = {}
-    for map_name in LIST_MAPS:
+    for map_name in _contract.LIST_MAPS:
         entry = edits[map_name]
         if entry["added"] or entry["removed"]:
             lists[map_name] = dict((kind, sorted((text_of(map_name, key) for key in entry[kind]),
@@ -96,7 +95,7 @@ def counts(name):
     """{map name: {"added": n, "removed": m}} for the facts, from the record alone."""
     document = paths.read_json(record_file(name)) or {}
     found = {}
-    for map_name in LIST_MAPS:
+    for map_name in _contract.LIST_MAPS:
         entry = (document.get("lists") or {}).get(map_name) or {}
         found[map_name] = {"added": len(entry.get("added") or []), "removed": len(entry.get("removed") or [])}
     return found

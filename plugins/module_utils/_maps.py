@@ -22,8 +22,6 @@ from ansible_collections.bpfleet.core.plugins.module_utils import _contract, _co
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 
 _U32 = struct.Struct("<I")
-STAT_SLOTS = _contract.STAT_SLOTS
-LIST_MAPS = _contract.LIST_MAPS
 
 
 def encode_lpm_key(cidr):
@@ -240,7 +238,7 @@ def read_counters(name, rules, ifnames=None):
         return None
     try:
         counters = {}
-        for slot, label in enumerate(STAT_SLOTS):
+        for slot, label in enumerate(_contract.STAT_SLOTS):
             packets, byte_count = _counters.read_slot(stats_fd, slot)
             counters[label] = packets
             if label in ("xdp_seen", "xdp_passed", "xdp_dropped"):

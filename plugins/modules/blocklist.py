@@ -193,6 +193,9 @@ def main():
     result = {"changed": edit.changed, "changes": edit.changes()}
     address, port = _lockout.controller_endpoint()
     guard = edit.lockout(address, port)
+    for limit in edit.rate_limits:
+        module.warn("after this edit the rate limit %s counts the controller's SSH packets from %s; keep the "
+                    "controller on the allow list to exempt it" % (limit, address))
     if guard is not None:
         dropped, reason = guard
         result["lockout"] = {"controller": str(address), "dropped": dropped, "reason": reason}

@@ -533,8 +533,8 @@ class Failpoints(object):
 
 def read_kernel_counters(stats_fd):
     """(records emitted, records lost) from a policy's pinned `stats` per-CPU array."""
-    return (_counters.read_slot(stats_fd, _counters.STAT_RECORDS_EMITTED)[0],
-            _counters.read_slot(stats_fd, _counters.STAT_RECORDS_LOST)[0])
+    return (_counters.read_slot(stats_fd, _contract.STAT_RECORDS_EMITTED)[0],
+            _counters.read_slot(stats_fd, _contract.STAT_RECORDS_LOST)[0])
 
 
 # --- one policy ----------------------------------------------------------------

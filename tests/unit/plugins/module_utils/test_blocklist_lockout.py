@@ -78,6 +78,15 @@ def test_the_port_of_the_controllers_ssh_connection_decides(state_root):
     assert (dropped, reason) == (False, "no deny entry contains it and filter.default is allow")
 
 
+def test_rate_limits_the_controller_meets_after_the_edit_are_named(state_root):
+    limits = [{"name": "ssh", "match": {"proto": "tcp", "port": 22}, "per_source": 5},
+              {"name": "dns", "match": {"proto": "udp", "port": 53}, "per_source": 5}]
+    live = applied({"rate_limit": limits, "allow": ["203.0.113.1/32"]})
+    removal = edit(live, "allow", "absent", ["203.0.113.1/32"])
+    assert removal.lockout(CONTROLLER) == (False, "no deny entry contains it and filter.default is allow")
+    assert removal.rate_limits == ["ssh (5 packets/s, burst 5)"]
+
+
 @pytest.mark.parametrize("filter_section, list_name, state, entries, expected", [
     ({}, "deny", "present", ["203.0.113.0/24"], (True, "the deny entry 203.0.113.0/24 contains it")),
     ({}, "deny", "present", ["198.51.100.0/24"], (False, "the entries added do not contain it")),
