@@ -39,6 +39,12 @@ PYENV_ROOT="${PYENV_ROOT:-$HOME/.pyenv}"
 #   debootstrap systemd-container  the systemd Molecule scenario boots hosts with systemd-nspawn
 #   prometheus-node-exporter logrotate  the agent's textfile metrics and SIGHUP reopen are tested with them
 #   iptables ipset xdp-tools nginx wrk  the benchmarks' baselines and the HTTP load test (tests/bench)
+#   rsyslog rsyslog-relp       the log shipping test: imfile + RELP between two lab hosts
+#   gcc libc6-dev              the record layout test compiles bpf/include/bpfleet_record.h with cc;
+#                              tests/fleet builds its packet generator (blast.c)
+#   qemu-system-x86 qemu-utils mmdebstrap e2fsprogs  the kernel VM tests: Debian guest images, booted under TCG
+# Under CI=true a test that skips fails (tests/conftest.py): whatever a test needs belongs here.
+#   tcpdump                    the rewrite tests read VLAN tags and DSCP off the wire
 APT_PACKAGES=(
   python3-bpfcc bpfcc-tools linux-headers-amd64
   openssh-server openssh-client netcat-openbsd
@@ -49,7 +55,10 @@ APT_PACKAGES=(
   nftables iputils-ping chromium debootstrap systemd-container
   prometheus-node-exporter logrotate
   iptables ipset xdp-tools nginx wrk
-  qemu-system-x86 qemu-utils mmdebstrap e2fsprogs  # the kernel matrix: Debian guests under qemu (tests/kernels)
+  rsyslog rsyslog-relp
+  gcc libc6-dev
+  qemu-system-x86 qemu-utils mmdebstrap e2fsprogs
+  tcpdump
 )
 
 STEP=0

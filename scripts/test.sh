@@ -15,17 +15,35 @@
 #                (BCC and kernel headers, which the kernel tests in tests/unit need)
 #   unit         pytest tests/unit -q                     (no tests collected = failure)
 #   integration  pytest tests/fleet tests/integration -m integration -q
-#                (missing directories are skipped; no tests collected = skipped)
 #   molecule     molecule test -s S for each scenario S in MOLECULE_SCENARIOS below
+#   mutation     tests/mutation/run.py: break each guarantee on purpose (a header not redacted,
+#                the deny lookup skipped, the agent's cursor not written, the lockout check
+#                skipped...) and fail unless a targeted test fails for every mutant
 #
 # Ends with a table of stages (PASS/FAIL/SKIP, seconds) and the line
 # "stages: N passed, M failed, K skipped".
+#
+# What passes (docs/development.md):
+#   - A stage passes only when its command exits 0. Any other exit status fails it, 3 too
+#     (pytest's internal error, ansible-lint's bad config, ansible-playbook's unreachable host).
+#   - Outside CI a stage that had nothing to run (integration: no directory, no test
+#     collected) is SKIP, and pytest stages count their skipped tests in the NOTE column.
+#   - Under CI=true (.ci/run) a stage that ran nothing fails, and a skipped test fails its
+#     stage with the skip reason printed (tests/conftest.py; a test marked ci_may_skip may
+#     skip), BPFLEET_UPDATE_GOLDEN is refused (it would rewrite the golden files and pass),
+#     and an empty scenario list fails the molecule stage.
+#
+# Environment (.ci/run fixes all of them):
+#   BPFLEET_TEST_STAGES         the stages to run (default: all)
+#   BPFLEET_MOLECULE_SCENARIOS  the Molecule scenarios (default: default systemd rollout)
+#   BPFLEET_HOST_STAGE_INVENTORY  an inventory for the host stage instead of this machine
+#                               (tests/unit/test_ci_semantics.py makes a host unreachable with it)
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO" || exit 1
 
-ALL_STAGES=(ruff lint sanity host unit integration molecule)
+ALL_STAGES=(ruff lint sanity host unit integration molecule mutation)
 read -r -a REQUESTED <<<"${BPFLEET_TEST_STAGES:-${ALL_STAGES[*]}}"
 for s in "${REQUESTED[@]}"; do
   if [[ " ${ALL_STAGES[*]} " != *" $s "* ]]; then
@@ -34,6 +52,20 @@ for s in "${REQUESTED[@]}"; do
   fi
 done
 ((${#REQUESTED[@]} > 0)) || { echo "test.sh: BPFLEET_TEST_STAGES selects no stage" >&2; exit 2; }
+
+CI_MODE=0
+case ${CI:-} in 1 | true | TRUE | True | yes) CI_MODE=1 ;; esac
+if ((CI_MODE)); then
+  if [[ -n ${BPFLEET_UPDATE_GOLDEN:-} && ${BPFLEET_UPDATE_GOLDEN} != 0 ]]; then
+    echo "test.sh: CI=true with BPFLEET_UPDATE_GOLDEN=$BPFLEET_UPDATE_GOLDEN: refused (it rewrites the golden" \
+      "files and passes, so nothing is compared)" >&2
+    exit 2
+  fi
+  echo "test.sh: CI=true: a stage passes only if it ran its tests; skipped tests fail (tests/conftest.py)"
+fi
+# Where the pytest stages keep their output (the summary counts skipped tests from it).
+LOGS="$REPO/.tmp/test-logs"
+mkdir -p "$LOGS"
 
 # Output is read in CI logs and through pipes: no color escapes unless on a terminal.
 if [[ ! -t 1 ]]; then
@@ -45,22 +77,53 @@ START_ALL=$EPOCHREALTIME
 
 elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
-# run_stage NAME DESCRIPTION FUNCTION: the function returns 0 (pass), 1 (fail) or 3 (skip)
-# and may set NOTE to a short reason shown in the summary.
+# run_stage NAME DESCRIPTION FUNCTION: the function's exit status decides: 0 passes, anything
+# else fails. A function that had nothing to run calls skip_stage (outside CI only) and
+# returns 0. It may set NOTE to a short reason shown in the summary.
+STAGE_SKIPPED=0
+skip_stage() {
+  NOTE=$1
+  if ((CI_MODE)); then
+    echo "FAIL: $NOTE (CI=true: a stage that runs nothing fails)"
+    return 1
+  fi
+  echo "SKIP: $NOTE"
+  STAGE_SKIPPED=1
+  return 0
+}
+
+# pytest_stage NAME ARGS...: pytest with its output also in $LOGS/NAME.log; adds the count of
+# skipped tests to NOTE. Returns pytest's exit status (5 = no tests collected).
+pytest_stage() {
+  local name=$1 rc last skipped
+  shift
+  pytest "$@" 2>&1 | tee "$LOGS/$name.log"
+  rc=${PIPESTATUS[0]}
+  last=$(grep -E '^=* ?[0-9]+ [a-z]+.* in [0-9.]+s' "$LOGS/$name.log" | tail -1)
+  skipped=$(grep -oE '[0-9]+ skipped' <<<"$last" | cut -d' ' -f1)
+  if [[ -n $skipped && $skipped != 0 ]]; then
+    NOTE="$skipped test(s) SKIPPED"
+  fi
+  return "$rc"
+}
+
 run_stage() {
   local name=$1 desc=$2 fn=$3 start rc result
-  NOTE=""
+  NOTE="" STAGE_SKIPPED=0
   printf '\n%s\n' "================================================================================"
   printf '== %s: %s\n' "$name" "$desc"
   printf '%s\n' "================================================================================"
   start=$EPOCHREALTIME
   "$fn" </dev/null
   rc=$?
-  case $rc in
-    0) result=PASS ;;
-    3) result=SKIP ;;
-    *) result=FAIL ;;
-  esac
+  if ((rc != 0)); then
+    result=FAIL
+    [[ -n $NOTE ]] || NOTE="exit status $rc"
+  elif ((STAGE_SKIPPED)); then
+    result=SKIP
+  else
+    result=PASS
+  fi
   local took
   took=$(elapsed "$start")
   printf -- '-- %s: %s in %s s%s\n' "$name" "$result" "$took" "${NOTE:+ ($NOTE)}"
@@ -141,7 +204,13 @@ stage_sanity() {
 stage_host() {
   # The kernel tests in tests/unit compile with BCC, which needs kernel headers: prepare
   # this machine with the collection's own host role, as an operator would prepare a host.
-  ansible-playbook -i localhost, -c local playbooks/host_local.yml
+  # An unreachable host makes ansible-playbook exit 3, which fails the stage like any other
+  # non-zero status (tests/unit/test_ci_semantics.py checks it with BPFLEET_HOST_STAGE_INVENTORY).
+  if [[ -n ${BPFLEET_HOST_STAGE_INVENTORY:-} ]]; then
+    ansible-playbook -i "$BPFLEET_HOST_STAGE_INVENTORY" playbooks/host_local.yml
+  else
+    ansible-playbook -i localhost, -c local playbooks/host_local.yml
+  fi
 }
 
 stage_unit() {
@@ -151,7 +220,7 @@ stage_unit() {
     return 1
   fi
   local rc
-  pytest tests/unit -q --durations=8
+  pytest_stage unit tests/unit -q --durations=8
   rc=$?
   if ((rc == 5)); then
     NOTE="no unit tests collected"
@@ -171,15 +240,14 @@ stage_integration() {
     fi
   done
   if ((${#dirs[@]} == 0)); then
-    NOTE="no tests/fleet or tests/integration"
-    return 3
+    skip_stage "no tests/fleet or tests/integration"
+    return
   fi
-  pytest "${dirs[@]}" -m integration -q --durations=25
+  pytest_stage integration "${dirs[@]}" -m integration -q --durations=25
   rc=$?
   if ((rc == 5)); then
-    NOTE="no integration tests collected in ${dirs[*]}"
-    echo "skip: $NOTE"
-    return 3
+    skip_stage "no integration tests collected in ${dirs[*]}"
+    return
   fi
   return $rc
 }
@@ -193,6 +261,11 @@ stage_molecule() {
   if [[ ! -f extensions/molecule/default/molecule.yml ]]; then
     NOTE="no extensions/molecule/default/molecule.yml"
     echo "FAIL: $NOTE: there must be a Molecule scenario"
+    return 1
+  fi
+  if ((${#scenarios[@]} == 0)); then
+    NOTE="BPFLEET_MOLECULE_SCENARIOS selects no scenario"
+    echo "FAIL: $NOTE"
     return 1
   fi
   molecule --version
@@ -214,6 +287,11 @@ stage_molecule() {
   return $failed
 }
 
+stage_mutation() {
+  # Needs what the kernel tests need (root, BCC, the headers the host stage linked) and the lab.
+  python tests/mutation/run.py
+}
+
 declare -A DESCRIPTIONS=(
   [ruff]="ruff check ."
   [lint]="ansible-lint (profile production)"
@@ -222,6 +300,7 @@ declare -A DESCRIPTIONS=(
   [unit]="pytest tests/unit -q"
   [integration]="pytest tests/fleet tests/integration -m integration -q"
   [molecule]="molecule test, each scenario of extensions/molecule in turn"
+  [mutation]="tests/mutation/run.py: every mutant must be killed by a targeted test"
 )
 
 for s in "${ALL_STAGES[@]}"; do

@@ -41,6 +41,8 @@ struct packet_info {
     u8 dst_ip[16];
     u8 src_mac[6];
     u8 dst_mac[6];
+    u16 rewrite;    /* id of the first rewrite rule that matched (tc only); 0 when none */
+    u16 l3_offset;  /* from the start of the frame to the IP header; 0 for a non-IP frame */
     u16 l4_offset;  /* from the start of the frame; 0 when there is no L4 header */
     u16 l3_end;     /* where the IP packet ends by its own length field; 0 when it does not say */
 };
@@ -98,6 +100,7 @@ static __always_inline int parse_packet(void *data, void *data_end, struct packe
         cursor = vlan + 1;
     }
     pkt->eth_proto = proto;
+    pkt->l3_offset = (u8 *)cursor - (u8 *)data;
 
     if (proto == ETH_P_IP_BE) {
         struct iphdr *ip = cursor;

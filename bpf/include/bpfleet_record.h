@@ -1,25 +1,8 @@
 /* Header record shared by the kernel programs and bpfleet-agent.
- * The layout is a contract (docs/architecture.md): change BPFLEET_RECORD_VERSION with it. */
-#define BPFLEET_RECORD_VERSION 1
-
-#define DIR_INGRESS 0
-#define DIR_EGRESS 1
-
-#define ACTION_PASS 0
-#define ACTION_DROP 1
-#define ACTION_RATE_LIMITED 2
-
-/* Rule ids; names travel to user space in state.json. Port rules are 16 + their index in
- * filter.ports, rate limits 128 + their index in filter.rate_limit. */
-#define RULE_DEFAULT 0
-#define RULE_DENY 1
-#define RULE_ALLOW 2
-#define RULE_NONE 0xffff /* egress: no filter rule applies */
-
-/* Record flags: what the payload after the record is (docs/logging-http.md). */
-#define PAYLOAD_TRUNCATED 0x01 /* the end of the request headers is not in the payload */
-#define PAYLOAD_REDACTED 0x02  /* the kernel scanned the payload and blanked sensitive values */
-#define PAYLOAD_CUT 0x04       /* the segment had more bytes than HTTP_MAX_BYTES */
+ * The layout is a contract (docs/architecture.md, _contract.RECORD_FORMAT): change
+ * BPFLEET_RECORD_VERSION (_contract.RECORD_VERSION) with it. The #defines of the contract
+ * (rule ids, actions, directions, flags, stats slots) come before this file, written from
+ * plugins/module_utils/_contract.py by the renderer. */
 
 struct bpfleet_record {
     u64 ts_boot_ns;
@@ -43,22 +26,11 @@ struct bpfleet_record {
     u16 payload_len;
     u8 flags;
     u8 version;
-    u8 _pad[8];
+    u16 rewrite; /* rule id of the rewrite applied after the record was taken; 0: none */
+    u8 _pad[6];
 };
 
 _Static_assert(sizeof(struct bpfleet_record) == 88, "record layout is a user-space contract");
-
-/* Slots of the `stats` per-CPU array. */
-#define STAT_XDP_SEEN 0
-#define STAT_XDP_PASSED 1
-#define STAT_XDP_DROPPED 2
-#define STAT_RECORDS_EMITTED 3
-#define STAT_RECORDS_LOST 4
-#define STAT_TC_INGRESS_SEEN 5
-#define STAT_TC_EGRESS_SEEN 6
-#define STAT_XDP_RATE_LIMITED 7
-#define STAT_TC_EGRESS_DROPPED 8
-#define STAT_SLOTS 16
 
 struct counter {
     u64 packets;

@@ -13,6 +13,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _blocklist
+from ansible_collections.bpfleet.core.plugins.plugin_utils._audit_actor import controller_actor
 
 MODULE = "bpfleet.core.blocklist"
 
@@ -59,6 +60,7 @@ class ActionModule(ActionBase):
             "policy": policy, "list": list_name, "state": state,
             "allow_lockout": bool(args.get("allow_lockout", False)),
             "packed": _blocklist.pack_entries(list_name, v4, v6),
+            "audit_actor": controller_actor(),
         }
         result.update(self._execute_module(MODULE, module_args=module_args, task_vars=task_vars))
         return result

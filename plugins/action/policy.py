@@ -18,6 +18,7 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _policy
 from ansible_collections.bpfleet.core.plugins.plugin_utils import _render
+from ansible_collections.bpfleet.core.plugins.plugin_utils._audit_actor import controller_actor
 
 MODULE = "bpfleet.core.policy"
 
@@ -66,6 +67,14 @@ class ActionModule(ActionBase):
         with open(path, encoding="utf-8") as handle:
             return handle.read()
 
+    def _sink_dirs(self, task_vars):
+        """The host role's bpfleet_host_agent_sink_dirs for this host (default /var/log/bpfleet)."""
+        value = (task_vars or {}).get("bpfleet_host_agent_sink_dirs")
+        if value is None:
+            return None
+        value = _plain(self._templar.template(value))
+        return [value] if isinstance(value, str) else value
+
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp
@@ -79,12 +88,13 @@ class ActionModule(ActionBase):
             if state != "absent" or not args.get("name"):
                 raise AnsibleActionFail("give src (a policy file) or policy (a dict)%s" % (
                     ", or name with state=absent" if state == "absent" else ""))
-            module_args = {"state": "absent", "name": args["name"]}
+            module_args = {"state": "absent", "name": args["name"], "audit_actor": controller_actor()}
             result.update(self._execute_module(MODULE, module_args=module_args, task_vars=task_vars))
             return result
 
         try:
-            model, warnings = _policy.validate(raw, source, read_file=read_file)
+            model, warnings = _policy.validate(raw, source, read_file=read_file,
+                                               sink_dirs=self._sink_dirs(task_vars))
         except _policy.PolicyError as exc:
             result["failed"] = True
             result["msg"] = "invalid policy (%d problem%s):\n%s" % (
@@ -110,7 +120,8 @@ class ActionModule(ActionBase):
 
         module_args = {"state": state, "force": bool(args.get("force", False)),
                        "allow_lockout": bool(args.get("allow_lockout", False)),
-                       "live_edits": args.get("live_edits", "keep"), "rendered": rendered}
+                       "live_edits": args.get("live_edits", "keep"), "rendered": rendered,
+                       "audit_actor": controller_actor()}
         if args.get("confirm_timeout"):
             module_args["confirm_timeout"] = args["confirm_timeout"]
         if args.get("mask_features"):

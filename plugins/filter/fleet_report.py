@@ -5,7 +5,9 @@
 fleet_report turns the bpfleet facts of many hosts into one document (per host and per
 policy: digests, attach modes, packets passed and dropped per rule, records written and
 lost, agent state, pending confirmations and rollbacks) plus a summary that names the
-hosts that are unhealthy, unreachable or out of date. fleet_report_html renders that
+hosts that are unhealthy, degraded, unreachable or out of date. Health comes from the health
+model (module_utils/_health.py, docs/facts.md): the facts' own `health` when they have it,
+else the model applied to the facts here. fleet_report_html renders that
 document as one self-contained HTML page (inline CSS, no scripts, no external resources).
 """
 
@@ -14,9 +16,12 @@ from __future__ import annotations
 import datetime
 import html
 import json
+import time
 from collections import Counter
 
 from ansible.errors import AnsibleFilterError
+
+from ansible_collections.bpfleet.core.plugins.module_utils import _health
 
 
 def _plain(value):
@@ -33,7 +38,7 @@ def _host_facts(hostvars, host):
     return _plain(bpfleet) if bpfleet else None
 
 
-def _policy_entry(name, data):
+def _policy_entry(name, data, health):
     policy = data.get("policy") or {}
     counters = data.get("counters") or {}
     log = data.get("log") or {}
@@ -55,7 +60,9 @@ def _policy_entry(name, data):
         "interfaces": policy.get("interfaces") or [],
         "xdp_mode": policy.get("xdp_mode"),
         "attach_modes": modes,
-        "healthy": bool(data.get("healthy")),
+        "status": health["status"],
+        "healthy": health["status"] != _health.UNHEALTHY,
+        "problems": health["messages"],
         "drift": data.get("drift") or [],
         "packets_seen": counters.get("packets_seen", 0),
         "passed": counters.get("passed", 0),
@@ -65,11 +72,34 @@ def _policy_entry(name, data):
         "log_enabled": bool(log.get("enabled")),
         "records_written": log.get("records_written", 0),
         "records_lost": log.get("records_lost", 0),
+        # Over the health window (kernel + agent), when the facts carry it.
+        "records_lost_recent": _recent_loss(health),
         "log_path": log.get("path"),
         "last_good": history.get("good"),
         "pending_confirm": history.get("pending"),
         "last_event": events[-1] if events else None,
     }
+
+
+def _recent_loss(health):
+    loss = health.get("loss") or {}
+    if not loss:
+        return None
+    return (loss.get("kernel") or {}).get("lost", 0) + (loss.get("user") or {}).get("lost", 0)
+
+
+def _health_of(facts):
+    """(host health, {policy: health}): the facts' own, else the model applied here."""
+    policies = facts.get("policies") or {}
+    if facts.get("health") and all((data or {}).get("health") for data in policies.values()):
+        host = facts["health"]
+        if _health.audit_problems(facts.get("audit")) and not [
+                p for p in host.get("problems") or [] if p.get("code") == "audit_broken"]:
+            # Facts from before the audit trail was part of the model.
+            host = _health.summary(list(host.get("problems") or []) + _health.audit_problems(facts.get("audit")),
+                                   host.get("window_s"))
+        return host, dict((name, data["health"]) for name, data in policies.items())
+    return _health.from_facts(facts, time.time())
 
 
 def _kernel_features(kernel):
@@ -85,6 +115,16 @@ def _kernel_features(kernel):
     }
 
 
+def _audit_entry(facts):
+    """The host's audit trail (docs/security.md): chain verified or where it breaks, last changes."""
+    audit = facts.get("audit")
+    if not isinstance(audit, dict):
+        return None
+    return {"verified": bool(audit.get("verified")), "records": audit.get("records") or 0,
+            "head": audit.get("head"), "error": audit.get("error"), "broken_at": audit.get("broken_at"),
+            "last": list(audit.get("last") or [])}
+
+
 def fleet_report(hostvars, hosts, expected=None):
     if not isinstance(hosts, (list, tuple)):
         raise AnsibleFilterError("fleet_report: the hosts argument must be a list of inventory host names")
@@ -94,24 +134,26 @@ def fleet_report(hostvars, hosts, expected=None):
         facts = _host_facts(hostvars, host)
         if facts is None:
             entries.append({"host": host, "reachable": False, "policies": [], "agent": None, "kernel": None,
-                            "healthy": False, "problems": ["no bpfleet facts (host unreachable or not gathered)"]})
+                            "status": _health.UNHEALTHY, "healthy": False, "health_problems": [],
+                            "problems": ["no bpfleet facts (host unreachable or not gathered)"]})
             continue
-        policies = [_policy_entry(name, data) for name, data in sorted((facts.get("policies") or {}).items())]
+        host_health, policy_health = _health_of(facts)
+        policies = [_policy_entry(name, data, policy_health[name])
+                    for name, data in sorted((facts.get("policies") or {}).items())]
         agent = facts.get("agent") or {}
-        problems = []
-        for policy in policies:
-            problems.extend("%s: %s" % (policy["name"], drift) for drift in policy["drift"])
-            if policy["pending_confirm"]:
-                problems.append("%s: change waiting for confirmation until %s" % (
-                    policy["name"], policy["pending_confirm"].get("deadline")))
-            if policy["log_enabled"] and not agent.get("running"):
-                problems.append("%s: logs, but the agent is not running" % policy["name"])
+        # A broken audit chain is a problem of the health model (audit_broken, unhealthy).
+        audit = _audit_entry(facts)
         entries.append({"host": host, "reachable": True, "policies": policies,
-                        "agent": {"running": bool(agent.get("running")), "pid": agent.get("pid"),
-                                  "version": agent.get("version"), "status_age_s": agent.get("status_age_s")},
+                        "agent": {"running": bool(agent.get("running")), "state": _health.agent_state(agent),
+                                  "pid": agent.get("pid"), "version": agent.get("version"),
+                                  "status_age_s": agent.get("status_age_s")},
                         "kernel": (facts.get("kernel") or {}).get("release"),
                         "kernel_features": _kernel_features(facts.get("kernel") or {}),
-                        "healthy": not problems, "problems": problems})
+                        "audit": audit,
+                        "status": host_health["status"],
+                        "healthy": host_health["status"] != _health.UNHEALTHY,
+                        "health_problems": host_health["problems"],
+                        "problems": host_health["messages"]})
 
     # Out of date: against the expected policy when given, else against the digests most
     # hosts run for each policy name.
@@ -149,14 +191,18 @@ def fleet_report(hostvars, hosts, expected=None):
         "reachable": len(reachable),
         "unreachable": len(entries) - len(reachable),
         "unreachable_hosts": [e["host"] for e in entries if not e["reachable"]],
+        # healthy: not unhealthy (degraded hosts count, and are also named in degraded_hosts).
         "healthy": len([e for e in reachable if e["healthy"]]),
         "unhealthy_hosts": [e["host"] for e in reachable if not e["healthy"]],
+        "degraded_hosts": [e["host"] for e in reachable if e["status"] == _health.DEGRADED],
         "out_of_date": out_of_date,
         "agents_running": len([e for e in reachable if e["agent"]["running"]]),
         "passed": sum(p["passed"] for p in policies),
         "dropped": sum(p["dropped"] for p in policies),
         "records_written": sum(p["records_written"] or 0 for p in policies),
         "records_lost": sum(p["records_lost"] or 0 for p in policies),
+        "records_lost_recent": sum(p["records_lost_recent"] or 0 for p in policies),
+        "audit_broken": [e["host"] for e in reachable if e.get("audit") and not e["audit"]["verified"]],
         "pending_confirm": sorted(e["host"] for e in reachable if any(p["pending_confirm"] for p in e["policies"])),
         "versions": dict(("%s %s/%s" % (name, (s or "none")[7:19], (m or "none")[7:19]), count)
                          for (name, s, m), count in
@@ -221,7 +267,9 @@ def fleet_report_html(report):
         if expected else " &middot; out of date = differs from the digests most hosts run"))
     tiles = [
         ("hosts", summary["hosts"], ""),
-        ("healthy", summary["healthy"], "good" if summary["healthy"] == summary["hosts"] else "bad"),
+        ("healthy", summary["healthy"] - len(summary.get("degraded_hosts", [])),
+         "good" if summary["healthy"] == summary["hosts"] else "bad"),
+        ("degraded", len(summary.get("degraded_hosts", [])), "warn" if summary.get("degraded_hosts") else "good"),
         ("unreachable", summary["unreachable"], "bad" if summary["unreachable"] else "good"),
         ("out of date", len(summary["out_of_date"]), "warn" if summary["out_of_date"] else "good"),
         ("agents running", summary["agents_running"],
@@ -229,7 +277,11 @@ def fleet_report_html(report):
         ("packets passed", _num(summary["passed"]), ""),
         ("packets dropped", _num(summary["dropped"]), ""),
         ("records written", _num(summary["records_written"]), ""),
-        ("records lost", _num(summary["records_lost"]), "bad" if summary["records_lost"] else "good"),
+        ("records lost", _num(summary["records_lost"]), "warn" if summary["records_lost"] else "good"),
+        ("records lost recently", _num(summary.get("records_lost_recent", 0)),
+         "bad" if summary.get("records_lost_recent") else "good"),
+        ("audit chains broken", len(summary.get("audit_broken") or []),
+         "bad" if summary.get("audit_broken") else "good"),
     ]
     out.append('<div class="tiles">')
     for label, value, kind in tiles:
@@ -260,7 +312,9 @@ def fleet_report_html(report):
                                  span, _e(entry["host"]), _e(entry["kernel"]), _e(features.get("bcc_version") or "?"),
                                  len(features.get("available") or []), features.get("probed") or 0,
                                  _e(", ".join(lacks) or "nothing")))
-                cells.append("<td%s>%s</td>" % (span, _badge(entry["healthy"], "healthy", "unhealthy")))
+                status = entry.get("status") or ("healthy" if entry["healthy"] else "unhealthy")
+                cells.append("<td%s>%s</td>" % (span, _badge(status == "healthy", "healthy", status,
+                                                             warn=status == "degraded")))
             if policy is None:
                 cells.append('<td colspan="7" class="muted">no policy applied</td>')
             else:
@@ -312,12 +366,45 @@ def fleet_report_html(report):
                 _e("%s at %s (%s)" % (event.get("event"), event.get("at"), event.get("reason", "")) if event else ""),
                 _e("until %s" % pending.get("deadline") if pending else "")))
         out.append("</tbody></table>")
+    out.extend(_audit_html(report))
     out.append('<div class="sub">versions: %s</div>' % _e(", ".join(
         "%s on %d host%s" % (version, count, "" if count == 1 else "s")
         for version, count in summary["versions"].items())
         or "none"))
     out.append("</body></html>\n")
     return "\n".join(out)
+
+
+def _audit_html(report):
+    """The last changes per host from its audit trail, and whether its hash chain verifies."""
+    hosts = [entry for entry in report["hosts"] if entry.get("audit")]
+    if not hosts:
+        return []
+    out = ["<h2>Changes (audit trail)</h2><table id=\"audit\"><thead><tr><th>host</th><th>chain</th><th>seq</th>"
+           "<th>time</th><th>action</th><th>policy</th><th>by</th><th>digest before &rarr; after</th>"
+           "</tr></thead><tbody>"]
+    for entry in hosts:
+        audit = entry["audit"]
+        chain = _badge(audit["verified"], "verified (%d records)" % audit["records"],
+                       "BROKEN: %s" % (audit["error"] or "?"))
+        records = list(reversed(audit["last"])) or [None]
+        for record in records:
+            if record is None:
+                out.append('<tr data-host="%s"><td>%s</td><td>%s</td><td colspan="6" class="muted">no changes '
+                           "recorded</td></tr>" % (_e(entry["host"]), _e(entry["host"]), chain))
+                continue
+            actor = record.get("actor") or {}
+            who = "%s@%s from %s" % (actor.get("controller_user") or actor.get("remote_user") or "?",
+                                     actor.get("controller_host") or "?", actor.get("address") or "local")
+            before = (record.get("before") or {}).get("source_digest")
+            after = (record.get("after") or {}).get("source_digest")
+            out.append('<tr data-host="%s"><td>%s</td><td>%s</td><td class="num">%s</td><td>%s</td><td>%s</td>'
+                       "<td><code>%s</code></td><td>%s</td><td><code>%s</code> &rarr; <code>%s</code></td></tr>" % (
+                           _e(entry["host"]), _e(entry["host"]), chain, _e(record.get("seq")), _e(record.get("time")),
+                           _e(record.get("action") or ("damaged" if record.get("damaged") else "")),
+                           _e(record.get("policy")), _e(who), _e(_short(before)), _e(_short(after))))
+    out.append("</tbody></table>")
+    return out
 
 
 class FilterModule:

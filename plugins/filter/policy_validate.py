@@ -161,13 +161,13 @@ def _load(value, source, basedir, filter_name):
         filter_name, type(value).__name__))
 
 
-def _check(value, source, basedir, filter_name):
+def _check(value, source, basedir, filter_name, sink_dirs=None):
     """Return (raw policy, model or None, rendered or None, source name, problems, warnings)."""
     raw, name, read_file, problems, warnings = _load(value, source, basedir, filter_name)
     if problems:
         return raw, None, None, name, problems, warnings
     try:
-        model, policy_warnings = _policy.validate(raw, name, read_file=read_file)
+        model, policy_warnings = _policy.validate(raw, name, read_file=read_file, sink_dirs=sink_dirs)
     except _policy.PolicyError as exc:
         return raw, None, None, name, list(exc.problems), warnings
     try:
@@ -179,9 +179,9 @@ def _check(value, source, basedir, filter_name):
     return raw, model, rendered, name, [], warnings + list(policy_warnings)
 
 
-def policy_validate(value, source=None, basedir=None):
+def policy_validate(value, source=None, basedir=None, sink_dirs=None):
     """Validate a policy (a dict, or the path of a YAML file); an invalid policy is a result."""
-    raw, model, rendered, name, problems, warnings = _check(value, source, basedir, "policy_validate")
+    raw, model, rendered, name, problems, warnings = _check(value, source, basedir, "policy_validate", sink_dirs)
     if model is None:
         raw_name = raw.get("name") if isinstance(raw, dict) else None
         return {
@@ -206,9 +206,9 @@ def policy_validate(value, source=None, basedir=None):
     }
 
 
-def policy_render(value, source=None, basedir=None):
+def policy_render(value, source=None, basedir=None, sink_dirs=None):
     """Return the C source rendered from a policy; raise AnsibleFilterError with every problem when invalid."""
-    checked = _check(value, source, basedir, "policy_render")
+    checked = _check(value, source, basedir, "policy_render", sink_dirs)
     rendered, name, problems = checked[2], checked[3], checked[4]
     if rendered is None:
         raise AnsibleFilterError("policy_render: %s: invalid policy (%d problem%s):\n%s" % (

@@ -26,10 +26,11 @@ import shutil
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _attach as attach
 from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
-from ansible_collections.bpfleet.core.plugins.module_utils import _features, _packing
+from ansible_collections.bpfleet.core.plugins.module_utils import _features
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 from ansible_collections.bpfleet.core.plugins.module_utils import _live_edits as live_edits
 from ansible_collections.bpfleet.core.plugins.module_utils import _maps as maps
+from ansible_collections.bpfleet.core.plugins.module_utils._rendered import RenderedPolicy
 
 # bpffs refuses names with a dot, so the staged pins use an underscore suffix.
 NEXT_SUFFIX = "_next"
@@ -121,7 +122,7 @@ class PolicyHost:
         self.features_digest = (_features.header_digest(self.features_header)
                                 if self.features_header is not None else None)
         self.live_edits_mode = live_edits_mode
-        self.rendered = dict(rendered)
+        self.rendered = RenderedPolicy.of(rendered).replaced()
         if rendered.get("interfaces") == [ALL_INTERFACES]:
             self.rendered["interfaces"] = attach.all_interfaces(runner)
             if not self.rendered["interfaces"]:
@@ -179,8 +180,7 @@ class PolicyHost:
     def _plan_maps(self, plan):
         """Deltas of the list maps: the policy's entries with the recorded live edits laid over
         them (live_edits_mode keep) or without them (discard), against what the maps hold."""
-        lists = self.rendered.get("_unpacked_lists") or _packing.unpack_lists(self.rendered["lists"])
-        self.rendered["_unpacked_lists"] = lists
+        lists = self.rendered.lists
         recorded = live_edits.read(self.name)
         pruned = live_edits.empty()
         for map_name in maps.LIST_MAPS:

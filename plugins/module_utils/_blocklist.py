@@ -15,13 +15,13 @@ __metaclass__ = type
 import os
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.bpfleet.core.plugins.module_utils import _classifier, _packing, _prefixes
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract as contract
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 from ansible_collections.bpfleet.core.plugins.module_utils import _live_edits as live_edits
 from ansible_collections.bpfleet.core.plugins.module_utils import _maps as maps
-from ansible_collections.bpfleet.core.plugins.module_utils import _packing, _prefixes
 
-LISTS = ("deny", "allow")
-RULE_IDS = {"deny": 1, "allow": 2}  # _policy.RULE_IDS; host code does not import the schema
+LISTS = contract.LISTS
 MAX_ERRORS = 20
 
 
@@ -63,19 +63,14 @@ def parse_entries(entries, file_name=None, read_file=None):
 
 def pack_entries(list_name, v4, v6):
     """The module's `packed` argument: {"v4": packed, "v6": packed} (_packing)."""
-    rule = RULE_IDS[list_name]
+    rule = contract.RULE_IDS[list_name]
     return {"v4": _packing.pack(v4, 4, rule), "v6": _packing.pack(v6, 6, rule)}
 
 
 def _covered(keys, version, address):
-    """The longest key of `keys` (a set of LPM keys) containing `address` (an int), or None."""
-    bits = 32 if version == 4 else 128
-    for length in range(bits, -1, -1):
-        network = address >> (bits - length) << (bits - length) if length else 0
-        key = _packing.lpm_key(version, network, length)
-        if key in keys:
-            return key
-    return None
+    """The longest key of `keys` (LPM keys) containing `address` (an int), or None."""
+    found = _packing.KeySet(version, keys).matches(address)
+    return _packing.lpm_key(version, found[-1][0], found[-1][1]) if found else None
 
 
 class Edit:
@@ -92,15 +87,10 @@ class Edit:
         self.entries = {}
         for family, version in (("v4", 4), ("v6", 6)):
             self.entries[version] = _packing.PackedList.from_transfer(packed[family], "%s entries" % family)
-        self.specs = dict((spec["name"], spec) for spec in self._map_specs())
+        self.specs = dict((spec["name"], spec) for spec in contract.map_specs())
         self.live = {}
         self.upsert = {}
         self.remove = {}
-
-    @staticmethod
-    def _map_specs():
-        return [{"name": "deny_v4", "key_size": 8}, {"name": "deny_v6", "key_size": 20},
-                {"name": "allow_v4", "key_size": 8}, {"name": "allow_v6", "key_size": 20}]
 
     def _live_keys(self, map_name):
         if map_name not in self.live:
@@ -110,7 +100,7 @@ class Edit:
                                        "repair it" % (self.policy, map_name))
             try:
                 info = bpf.map_info(fd)
-                keys, _values = maps.live_keys(fd, self.specs[map_name]["key_size"], 4)
+                keys, _values = maps.live_keys(fd, self.specs[map_name]["key_size"], contract.LIST_VALUE_SIZE)
             finally:
                 os.close(fd)
             self.live[map_name] = (set(keys), info["max_entries"])
@@ -121,7 +111,7 @@ class Edit:
             packed = self.entries[version]
             if not packed.count:
                 continue
-            map_name = "%s_v%d" % (self.list_name, version)
+            map_name = contract.list_map(self.list_name, version)
             live = self._live_keys(map_name)
             wanted = packed.key_list()
             if self.state == "present":
@@ -141,41 +131,65 @@ class Edit:
     def changed(self):
         return any(self.upsert.values()) or any(self.remove.values())
 
-    def lockout(self, address):
-        """(dropped after the edit, reason) for the controller's address; None when this edit cannot
-        cut it off (it neither denies more nor allows less)."""
+    def _filter_section(self):
+        """The applied policy's filter (default, port rules, rate limits) from the rendered policy
+        recorded in applied.json (_history); state.json alone has the default's action only."""
+        applied = paths.read_json(paths.applied_file(self.policy)) or {}
+        if applied.get("filter"):
+            return applied["filter"]
+        default = next((rule for rule in self.policy_state.get("rule_details") or []
+                        if rule.get("kind") == "default"), {})
+        return {"default": "deny" if default.get("action") == "drop" else "allow", "ports": [], "rate_limit": []}
+
+    def _after(self, version):
+        """{map name: KeySet} of the address family's list maps as this edit leaves them."""
+        lists = {}
+        for list_name in LISTS:
+            map_name = contract.list_map(list_name, version)
+            keys = set(self._live_keys(map_name))
+            keys.difference_update(self.remove.get(map_name) or ())
+            keys.update(self.upsert.get(map_name) or ())
+            lists[map_name] = _packing.KeySet(version, keys)
+        return lists
+
+    def lockout(self, address, port=_classifier.SSH_PORT):
+        """(dropped after the edit, reason) for the controller's SSH packets (from `address` to TCP
+        `port`), as the XDP program would decide them (_classifier); None when this edit cannot cut
+        it off (it neither denies more nor allows less)."""
         if address is None:
             return None
         version = address.version
         number = int(address)
-        allow_map = "allow_v%d" % version
-        deny_map = "deny_v%d" % version
+        allow_map = contract.list_map("allow", version)
+        deny_map = contract.list_map("deny", version)
         if self.list_name == "deny" and self.state == "present" and self.upsert.get(deny_map):
-            added = _covered(set(self.upsert[deny_map]), version, number)
+            added = _covered(self.upsert[deny_map], version, number)
             if added is None:
                 return False, "the entries added do not contain it"
-            allowed = _covered(self._live_keys(allow_map), version, number)
-            if allowed is not None:
-                return False, "allowed by the allow entry %s" % live_edits.text_of(allow_map, allowed)
-            return True, "the deny entry %s contains it" % live_edits.text_of(deny_map, added)
-        if self.list_name == "allow" and self.state == "absent" and self.remove.get(allow_map):
+        elif self.list_name == "allow" and self.state == "absent" and self.remove.get(allow_map):
             remaining = self._live_keys(allow_map).difference(self.remove[allow_map])
             if _covered(remaining, version, number) is not None:
                 return False, "another allow entry still contains it"
-            removed = _covered(set(self.remove[allow_map]), version, number)
+            removed = _covered(self.remove[allow_map], version, number)
             if removed is None:
                 return False, "the entries removed do not contain it"
-            denied = _covered(self._live_keys(deny_map), version, number)
-            if denied is not None:
-                return True, "removing the allow entry %s leaves it to the deny entry %s" % (
-                    live_edits.text_of(allow_map, removed), live_edits.text_of(deny_map, denied))
-            default = next((rule for rule in self.policy_state.get("rule_details") or []
-                            if rule.get("kind") == "default"), {})
-            if default.get("action") == "drop":
-                return True, "removing the allow entry %s leaves it to filter.default deny" % (
-                    live_edits.text_of(allow_map, removed))
-            return False, "no deny entry contains it and filter.default is allow"
-        return None
+        else:
+            return None
+        packet = _classifier.Packet.tcp(address, port)
+        after = _classifier.classify(packet, self._filter_section(), self._after(version))
+        if self.list_name == "deny":
+            if after.kind == "allow":
+                return False, "allowed by the allow entry %s" % after.entry
+            return after.dropped, "the deny entry %s contains it" % live_edits.text_of(deny_map, added)
+        left_to = "removing the allow entry %s leaves it to" % live_edits.text_of(allow_map, removed)
+        if after.kind == "deny":
+            return True, "%s the deny entry %s" % (left_to, after.entry)
+        if after.kind == "port":
+            return after.dropped, "%s port rule %s, which %s %s" % (
+                left_to, after.port_rule["name"], "drops" if after.dropped else "passes", packet.describe())
+        if after.dropped:
+            return True, "%s filter.default deny" % left_to
+        return False, "no deny entry contains it and filter.default is allow"
 
     def apply(self):
         """Write the maps, then the record (a crash in between leaves a map edit the next

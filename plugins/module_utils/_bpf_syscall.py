@@ -27,6 +27,12 @@ import os
 import platform
 import struct
 
+try:
+    from . import _contract
+except ImportError:
+    # The agent runs copies of these files as plain sibling modules.
+    import _contract
+
 __all__ = [
     "BPF_ANY", "BPF_NOEXIST", "BPF_EXIST", "BPF_F_LOCK",
     "BPF_F_RDONLY", "BPF_F_WRONLY", "BPF_F_NO_PREALLOC",
@@ -85,16 +91,17 @@ BPF_EXIST = 2
 BPF_F_LOCK = 4
 
 # BPF_OBJ_GET / *_GET_FD_BY_ID open flags, and map creation flags.
-BPF_F_NO_PREALLOC = 1 << 0
+BPF_F_NO_PREALLOC = _contract.BPF_F_NO_PREALLOC
 BPF_F_RDONLY = 1 << 3
 BPF_F_WRONLY = 1 << 4
 
-MAP_TYPE_HASH = 1
-MAP_TYPE_ARRAY = 2
-MAP_TYPE_PERCPU_HASH = 5
-MAP_TYPE_PERCPU_ARRAY = 6
-MAP_TYPE_LPM_TRIE = 11
-MAP_TYPE_RINGBUF = 27
+# Map types: the contract's (uapi/linux/bpf.h enum bpf_map_type).
+MAP_TYPE_HASH = _contract.MAP_TYPE_HASH
+MAP_TYPE_ARRAY = _contract.MAP_TYPE_ARRAY
+MAP_TYPE_PERCPU_HASH = _contract.MAP_TYPE_PERCPU_HASH
+MAP_TYPE_PERCPU_ARRAY = _contract.MAP_TYPE_PERCPU_ARRAY
+MAP_TYPE_LPM_TRIE = _contract.MAP_TYPE_LPM_TRIE
+MAP_TYPE_RINGBUF = _contract.MAP_TYPE_RINGBUF
 
 # The kernel's internal "not supported" errno. It leaks to user space from
 # several bpf() paths (batch operations on map types without them, among

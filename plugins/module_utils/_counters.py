@@ -3,28 +3,26 @@
 """The per-CPU counters of a policy's pinned maps, summed over CPUs.
 
 One reader for the facts (`_maps.read_counters`) and for bpfleet-agent's metrics, so the two
-can never disagree on the layout of `stats` and `rule_stats` (bpf/include/bpfleet_record.h).
+can never disagree on the layout of `stats` and `rule_stats` (_contract).
 """
 
 from __future__ import annotations
 
-import struct
-
 try:
-    from . import _bpf_syscall
+    from . import _bpf_syscall, _contract
 except ImportError:
     # The agent runs copies of these files as plain sibling modules.
     import _bpf_syscall
+    import _contract
 
-COUNTER = struct.Struct("<QQ")   # struct counter {u64 packets; u64 bytes;}
-RULE_KEY = struct.Struct("<II")  # struct rule_key {u32 ifindex; u32 rule;}
-_SLOT = struct.Struct("<I")
+COUNTER = _contract.COUNTER
+RULE_KEY = _contract.RULE_KEY
+_SLOT = _contract.STAT_KEY
 
 # Slots of the `stats` per-CPU array.
-STAT_SLOTS = ("xdp_seen", "xdp_passed", "xdp_dropped", "records_emitted", "records_lost",
-              "tc_ingress_seen", "tc_egress_seen", "xdp_rate_limited", "tc_egress_dropped")
-STAT_RECORDS_EMITTED = STAT_SLOTS.index("records_emitted")
-STAT_RECORDS_LOST = STAT_SLOTS.index("records_lost")
+STAT_SLOTS = _contract.STAT_SLOTS
+STAT_RECORDS_EMITTED = _contract.STAT_RECORDS_EMITTED
+STAT_RECORDS_LOST = _contract.STAT_RECORDS_LOST
 
 
 def _summed(values):

@@ -28,6 +28,7 @@ import os
 import platform
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract
 
 # Bump when a probe changes meaning, so cached answers of an older probe set are not reused.
 PROBE_VERSION = 1
@@ -39,7 +40,7 @@ PROG_TYPE_SCHED_CLS = 3
 PROG_TYPE_XDP = 6
 PROG_TYPE_NAMES = {PROG_TYPE_SCHED_CLS: "sched_cls", PROG_TYPE_XDP: "xdp"}
 
-MAP_TYPE_LRU_HASH = 9
+MAP_TYPE_LRU_HASH = _contract.MAP_TYPE_LRU_HASH
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 
 # Helper ids of include/uapi/linux/bpf.h (stable ABI numbers).
@@ -48,6 +49,10 @@ HELPERS = {
     "map_update_elem": 2,
     "ktime_get_ns": 5,
     "get_prandom_u32": 7,
+    "skb_store_bytes": 9,
+    "l3_csum_replace": 10,
+    "skb_vlan_push": 18,
+    "skb_vlan_pop": 19,
     "skb_load_bytes": 26,
     "xdp_adjust_meta": 54,
     "ktime_get_boot_ns": 125,
@@ -127,6 +132,10 @@ FEATURES = [
     _helper(PROG_TYPE_SCHED_CLS, "ktime_get_ns", "4.1"),
     _helper(PROG_TYPE_SCHED_CLS, "get_prandom_u32", "4.1"),
     _helper(PROG_TYPE_SCHED_CLS, "skb_load_bytes", "4.5"),
+    _helper(PROG_TYPE_SCHED_CLS, "skb_store_bytes", "4.1", doc="header rewrites (DSCP)"),
+    _helper(PROG_TYPE_SCHED_CLS, "l3_csum_replace", "4.1", doc="header rewrites (IPv4 checksum)"),
+    _helper(PROG_TYPE_SCHED_CLS, "skb_vlan_push", "4.3", doc="header rewrites (VLAN push)"),
+    _helper(PROG_TYPE_SCHED_CLS, "skb_vlan_pop", "4.3", doc="header rewrites (VLAN strip)"),
     _helper(PROG_TYPE_SCHED_CLS, "ringbuf_output", "5.8"),
     _helper(PROG_TYPE_SCHED_CLS, "ringbuf_reserve", "5.8"),
     _helper(PROG_TYPE_SCHED_CLS, "ringbuf_submit", "5.8"),

@@ -27,7 +27,7 @@ import signal
 import time
 import uuid
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _apply
+from ansible_collections.bpfleet.core.plugins.module_utils import _apply, _audit
 from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 from ansible_collections.bpfleet.core.plugins.module_utils import _maps as maps
@@ -43,8 +43,7 @@ class NoGoodPolicy(Exception):
     pass
 
 
-def applied_file(name):
-    return os.path.join(paths.state_dir(name), "applied.json")
+applied_file = paths.applied_file
 
 
 def good_dir(name):
@@ -192,11 +191,9 @@ def after_apply(name, rendered):
     id_file = applied_file(name) + ".id"
     if paths.read_text(id_file) == _applied_id(rendered) and os.path.exists(applied_file(name)):
         return
+    # The packed transfer form of the lists stays, so a rollback re-applies exactly these lists.
     document = dict(rendered)
     document.pop("source", None)
-    # Decoded lists are objects for this run only; the packed transfer form stays, so a
-    # rollback re-applies exactly these lists.
-    document.pop("_unpacked_lists", None)
     _write_json(applied_file(name), document)
     paths.write_atomic(id_file, _applied_id(rendered), mode=0o600)
 
@@ -387,6 +384,7 @@ def _timer(module, name, token, deadline, compile_and_pin):
     if not current or current.get("token") != token:
         _log("confirmed or superseded at the deadline; nothing to do")
         return 0
+    before = _audit.digests(name)
     try:
         result = rollback(CommandRunner(module), name, compile_and_pin, reason="confirm timeout (%ss) expired" %
                           current.get("timeout_s"))
@@ -395,4 +393,8 @@ def _timer(module, name, token, deadline, compile_and_pin):
         record_event(name, "rollback_failed", reason="confirm timeout expired", error=str(exc))
         return 1
     _log("rolled back to %s: %s" % (result["policy"]["source_digest"], "; ".join(result.get("plan", []))))
+    problem = _audit.record_change("timer_rollback", name, before, None,
+                                   {"reason": "confirm timeout (%ss) expired" % current.get("timeout_s")})
+    if problem:
+        _log(problem)
     return 0

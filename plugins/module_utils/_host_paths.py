@@ -9,12 +9,14 @@ __metaclass__ = type
 import json
 import os
 
-BPFFS_ROOT = "/sys/fs/bpf"
-PIN_ROOT = BPFFS_ROOT + "/bpfleet"
-STATE_ROOT = "/var/lib/bpfleet"
-AGENT_STATUS = "/run/bpfleet/agent-status.json"
-AGENT_PIDFILE = "/run/bpfleet/agent.pid"
-STATE_SCHEMA = 1
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract, _safe_files
+
+BPFFS_ROOT = _contract.BPFFS_ROOT
+PIN_ROOT = _contract.PIN_ROOT
+STATE_ROOT = _contract.STATE_ROOT
+AGENT_STATUS = _contract.RUN_DIR + "/agent-status.json"
+AGENT_PIDFILE = _contract.RUN_DIR + "/agent.pid"
+STATE_SCHEMA = _contract.STATE_SCHEMA
 
 
 def pin_dir(name):
@@ -35,6 +37,11 @@ def state_dir(name):
 
 def state_file(name):
     return os.path.join(STATE_ROOT, name, "state.json")
+
+
+def applied_file(name):
+    """The rendered policy applied now (without its C source): _history writes it."""
+    return os.path.join(STATE_ROOT, name, "applied.json")
 
 
 def program_file(name):
@@ -80,13 +87,9 @@ def write_atomic(path, text, mode=0o640):
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         os.makedirs(directory, 0o750)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.rename(tmp, path)
+    # In the directory's fd, through a fresh O_EXCL|O_NOFOLLOW temporary file: a symlink
+    # planted at either name is replaced, never written through (docs/security.md).
+    _safe_files.write_atomic_in(directory, os.path.basename(path), text.encode("utf-8"), mode, sync=True)
 
 
 def applied_policies():

@@ -21,19 +21,22 @@ import heapq
 import json
 import os
 
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract, _packing, _prefixes
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
-from ansible_collections.bpfleet.core.plugins.module_utils import _packing, _prefixes
 
 SCHEMA = 1
-LIST_MAPS = ("deny_v4", "deny_v6", "allow_v4", "allow_v6")
+LIST_MAPS = _contract.LIST_MAPS
 
 
 def record_file(name):
     return os.path.join(paths.state_dir(name), "live_edits.json")
 
 
+_VERSIONS = dict((name, version) for name, version, _list in _contract.LIST_FAMILIES)
+
+
 def _version(map_name):
-    return 4 if map_name.endswith("_v4") else 6
+    return _VERSIONS[map_name]
 
 
 def key_of(map_name, text):

@@ -14,9 +14,10 @@ __metaclass__ = type
 import ipaddress
 import os
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _packing
+from ansible_collections.bpfleet.core.plugins.module_utils import _classifier
+from ansible_collections.bpfleet.core.plugins.module_utils._rendered import RenderedPolicy
 
-SSH_PORT = 22
+SSH_PORT = _classifier.SSH_PORT
 
 
 def controller_address(environ=None):
@@ -46,62 +47,24 @@ def controller_endpoint(environ=None):
     return None, None
 
 
-def _matches_ssh(rule, port):
-    """Does a port rule or rate-limit match of the rendered policy match TCP to `port`?"""
-    if rule["proto"] not in ("tcp", "any"):
-        return False
-    return not rule["port_low"] or rule["port_low"] <= port <= rule["port_high"]
-
-
-def _network_text(version, entry):
-    network, length = entry
-    return "%s/%d" % (ipaddress.ip_address(network) if version == 4 else ipaddress.IPv6Address(network), length)
-
-
-def _first_match(address, entries):
-    """The widest entry of a list (an object with matches(), see _packing) containing `address`."""
-    found = entries.matches(int(address))
-    return ipaddress.ip_network(_network_text(address.version, found[0])) if found else None
-
-
 def lists_of(rendered, lists=None):
     """The list maps to judge by: `lists` (for example with live edits laid over them), else
-    the rendered policy's own, unpacked once and kept in the rendered dict."""
+    the rendered policy's own (decoded once by a RenderedPolicy)."""
     if lists is not None:
         return lists
-    if "_unpacked_lists" not in rendered:
-        rendered["_unpacked_lists"] = _packing.unpack_lists(rendered["lists"])
-    return rendered["_unpacked_lists"]
+    return RenderedPolicy.of(rendered).lists
 
 
 def verdict(address, rendered, port=SSH_PORT, lists=None):
-    """(dropped, reason) for a TCP packet from `address` to `port` under the rendered filter.
-
-    Mirrors classify() in bpf/bpfleet.c.j2: an allow entry wins, then a deny entry, then the
-    first ingress port rule that drops or passes, then the policy's default.
-    """
-    family = "v4" if address.version == 4 else "v6"
-    contents = lists_of(rendered, lists)
-    allowed = _first_match(address, contents["allow_" + family])
-    if allowed is not None:
-        return False, "allowed by filter.allow %s" % allowed
-    denied = _first_match(address, contents["deny_" + family])
-    if denied is not None:
-        return True, "it matches filter.deny %s" % denied
-    for rule in (rendered.get("filter") or {}).get("ports") or []:
-        if rule["direction"] == "ingress" and rule["action"] != "log" and _matches_ssh(rule, port):
-            if rule["action"] == "drop":
-                return True, "port rule %s drops TCP port %d" % (rule["name"], port)
-            return False, "port rule %s passes TCP port %d" % (rule["name"], port)
-    if rendered.get("filter_default") == "deny":
-        return True, "filter.default is deny and no filter.allow entry matches it"
-    return False, "no list matches it and filter.default is allow"
+    """(dropped, reason) for a TCP packet from `address` to `port` under the rendered filter,
+    as the XDP program decides it (_classifier)."""
+    packet = _classifier.Packet.tcp(address, port)
+    decided = _classifier.classify(packet, RenderedPolicy.of(rendered).filter_section, lists_of(rendered, lists))
+    return decided.dropped, _classifier.explain(decided, packet)
 
 
 def rate_limits_on(address, rendered, port=SSH_PORT, lists=None):
     """Rate limits that would count the controller's SSH packets (allow-listed sources are exempt)."""
-    family = "v4" if address.version == 4 else "v6"
-    if _first_match(address, lists_of(rendered, lists)["allow_" + family]) is not None:
-        return []
-    return ["%s (%d packets/s, burst %d)" % (limit["name"], limit["rate"], limit["burst"])
-            for limit in (rendered.get("filter") or {}).get("rate_limit") or [] if _matches_ssh(limit, port)]
+    decided = _classifier.xdp_verdict(_classifier.Packet.tcp(address, port),
+                                      RenderedPolicy.of(rendered).filter_section, lists_of(rendered, lists))
+    return [_classifier.describe_limit(limit) for limit in decided.rate_limits]

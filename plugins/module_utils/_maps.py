@@ -18,13 +18,12 @@ import os
 import struct
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall as bpf
-from ansible_collections.bpfleet.core.plugins.module_utils import _counters, _packing
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract, _counters, _packing
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 
 _U32 = struct.Struct("<I")
-STAT_SLOTS = _counters.STAT_SLOTS
-
-LIST_MAPS = ("deny_v4", "deny_v6", "allow_v4", "allow_v6")
+STAT_SLOTS = _contract.STAT_SLOTS
+LIST_MAPS = _contract.LIST_MAPS
 
 
 def encode_lpm_key(cidr):

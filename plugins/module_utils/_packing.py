@@ -177,6 +177,24 @@ class EditedList:
         return sorted(found, key=lambda entry: entry[1])
 
 
+class KeySet:
+    """A list map's entries as a set of LPM keys (bytes), for example the live map with an edit
+    laid over it: matches() probes each prefix length (at most 33 or 129 set lookups)."""
+
+    def __init__(self, version, keys):
+        self.version = version
+        self.keys = keys if isinstance(keys, (set, frozenset)) else set(keys)
+
+    def matches(self, address):
+        bits = address_bytes(self.version) * 8
+        found = []
+        for length in range(bits + 1):
+            network = address >> (bits - length) << (bits - length) if length else 0
+            if lpm_key(self.version, network, length) in self.keys:
+                found.append((network, length))
+        return found
+
+
 def unpack_lists(lists):
     """{map name: PackedList} from the transfer form of rendered["lists"]."""
     return dict((name, PackedList.from_transfer(packed, name)) for name, packed in lists.items())

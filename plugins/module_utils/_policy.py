@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _http, _prefixes
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract, _http, _prefixes, _rewrite, _safe_files
 
 SCHEMA_VERSION = 1
 
@@ -30,25 +30,22 @@ LOG_DIRECTIONS = ("ingress", "egress")
 # are always written; these are the ones a policy chooses.
 LOG_FIELDS = (
     "action", "rule", "src_mac", "dst_mac", "vlan", "ip_ver", "src_ip", "dst_ip",
-    "ttl", "len", "proto", "src_port", "dst_port", "tcp_flags",
+    "ttl", "len", "proto", "src_port", "dst_port", "tcp_flags", "rewrite",
 )
 DEFAULT_LOG_FIELDS = ("action", "rule", "src_ip", "dst_ip", "proto", "src_port", "dst_port", "tcp_flags", "len")
 DEFAULT_LOG_FILE = "/var/log/bpfleet/headers.jsonl"
 
-# Map capacities. LPM tries are created with BPF_F_NO_PREALLOC, so a large limit costs no
-# memory until entries exist, and a fixed limit keeps the pinned map's shape stable across
-# policy edits (a shape change would force a new map and reset counters).
-DENY_V4_MAX = 1048576
-DENY_V6_MAX = 131072
-ALLOW_V4_MAX = 65536
-ALLOW_V6_MAX = 65536
-
-# Rule ids are part of the kernel/user-space contract (docs/architecture.md): the lists
-# have fixed ids, port rules and rate limits take ids from their position in the policy.
-RULE_IDS = {"default": 0, "deny": 1, "allow": 2}
-PORT_RULE_FIRST_ID = 16
+# Map capacities and rule ids are the kernel/user-space contract (_contract): the lists have
+# fixed ids, port rules and rate limits take ids from their position in the policy.
+DENY_V4_MAX = _contract.DENY_V4_MAX
+DENY_V6_MAX = _contract.DENY_V6_MAX
+ALLOW_V4_MAX = _contract.ALLOW_V4_MAX
+ALLOW_V6_MAX = _contract.ALLOW_V6_MAX
+RULE_IDS = _contract.RULE_IDS
+LIST_FAMILIES = _contract.LIST_FAMILIES      # (map name, address family, list)
+PORT_RULE_FIRST_ID = _contract.PORT_RULE_FIRST_ID
 MAX_PORT_RULES = 64
-RATE_LIMIT_FIRST_ID = 128
+RATE_LIMIT_FIRST_ID = _contract.RATE_LIMIT_FIRST_ID
 MAX_RATE_LIMITS = 32
 
 PORT_PROTOS = ("tcp", "udp", "icmp", "any")
@@ -207,7 +204,7 @@ POLICY_SCHEMA = {
                                    "token from its source's bucket; with none left it is dropped and counted as "
                                    "`rate_limited`. Every matching rule applies. Allow-listed sources are "
                                    "exempt. At most %d rules; buckets live in an LRU map of %d sources per "
-                                   "policy." % (MAX_RATE_LIMITS, 131072),
+                                   "policy." % (MAX_RATE_LIMITS, _contract.RATE_BUCKETS_ENTRIES),
                     "items": {
                         "type": "object", "additionalProperties": False, "required": ["per_source"],
                         "properties": {
@@ -235,6 +232,7 @@ POLICY_SCHEMA = {
                 },
             },
         },
+        "rewrite": _rewrite.SCHEMA,
         "log": {
             "type": "object", "additionalProperties": False,
             "description": "Header records. Without this section nothing is logged and no tc program is attached.",
@@ -327,7 +325,11 @@ POLICY_SCHEMA = {
                     "description": "Where the agent writes the records.",
                     "properties": {
                         "file": {"type": "string", "pattern": "^/", "default": DEFAULT_LOG_FILE,
-                                 "description": "Absolute path of the JSON-lines file."},
+                                 "description": (
+                                     "Absolute path of the JSON-lines file, beneath a directory the host role allows "
+                                     "(`bpfleet_host_agent_sink_dirs`, default `/var/log/bpfleet/`); no `.` or `..` "
+                                     "components. Checked on the controller and again on the host, where no symlink "
+                                     "below that directory is followed (docs/security.md).")},
                         "max_size": {"oneOf": [{"type": "integer", "minimum": 1},
                                                {"type": "string", "pattern": SIZE_PATTERN}],
                                      "description": "Rotate the file when it reaches this size (bytes, or with a "
@@ -729,9 +731,124 @@ def _validate_rate_limits(col, raw, taken):
     return limits
 
 
+_REWRITE_KEYS = tuple(_rewrite.SCHEMA["items"]["properties"])
+_REWRITE_MATCH_KEYS = tuple(_rewrite.SCHEMA["items"]["properties"]["match"]["properties"])
+
+
+def _validate_rewrite_match(col, path, match):
+    result = {"src": None, "dst": None, "proto": "any", "src_port": None, "dst_port": None}
+    if match is None:
+        return result
+    if not _expect(col, path, match, dict, "a mapping such as {dst: 10.20.0.0/16, proto: udp}"):
+        return None
+    _check_keys(col, path, match, _REWRITE_MATCH_KEYS)
+    ok = True
+    for key in ("src", "dst"):
+        if key in match:
+            parsed = _rewrite.network(match[key])
+            if parsed is None:
+                col.error(_join(path, key), "not a network in CIDR form (host bits clear), got %r" % (match[key],))
+                ok = False
+            else:
+                result[key] = str(parsed)
+    if result["src"] and result["dst"] and _rewrite.network(result["src"]).version != _rewrite.network(
+            result["dst"]).version:
+        col.error(path, "src and dst are of different IP versions: no packet matches both")
+        ok = False
+    proto = match.get("proto", "any")
+    if proto not in _rewrite.REWRITE_PROTOS:
+        col.error(_join(path, "proto"), "must be one of %s, got %r" % (", ".join(_rewrite.REWRITE_PROTOS), proto))
+        ok = False
+    result["proto"] = proto
+    for key in ("src_port", "dst_port"):
+        if key in match:
+            if proto == "icmp":
+                col.error(_join(path, key), "icmp has no ports: remove %s, or use proto tcp, udp or any" % key)
+                ok = False
+                continue
+            ports = _parse_port(col, _join(path, key), match[key])
+            if ports is None:
+                ok = False
+            result[key] = list(ports) if ports else None
+    return result if ok else None
+
+
+def _validate_rewrite(col, raw, taken):
+    rules = []
+    if raw is None:
+        return rules
+    if not _expect(col, "rewrite", raw, list, "a list of rewrite rules"):
+        return rules
+    if len(raw) > _rewrite.MAX_REWRITE_RULES:
+        col.error("rewrite", "%d rules exceed the limit of %d" % (len(raw), _rewrite.MAX_REWRITE_RULES))
+        return rules
+    for index, entry in enumerate(raw):
+        path = _join("rewrite", index)
+        if not _expect(col, path, entry, dict, "a mapping such as {direction: egress, dscp: ef}"):
+            continue
+        _check_keys(col, path, entry, _REWRITE_KEYS)
+        name = _rule_name(col, path, entry, "rewrite[%d]" % index, taken)
+        ok = True
+        direction = entry.get("direction")
+        if direction not in _rewrite.REWRITE_DIRECTIONS:
+            col.error(_join(path, "direction") if "direction" in entry else path,
+                      "must be ingress or egress, got %r" % (direction,) if "direction" in entry
+                      else "missing required field 'direction' (ingress or egress)")
+            ok = False
+        match = _validate_rewrite_match(col, _join(path, "match"), entry.get("match"))
+        ok = ok and match is not None
+        vlan = None
+        if "vlan" in entry:
+            value = entry["vlan"]
+            if value == "strip":
+                vlan = {"strip": True, "push": 0, "pcp": 0}
+            elif isinstance(value, dict):
+                _check_keys(col, _join(path, "vlan"), value, ("push", "pcp"))
+                vid, pcp = value.get("push"), value.get("pcp", 0)
+                if isinstance(vid, bool) or not isinstance(vid, int) or not (
+                        _rewrite.VLAN_ID_MIN <= vid <= _rewrite.VLAN_ID_MAX):
+                    col.error(_join(_join(path, "vlan"), "push"), "a VLAN id is 1-4094, got %r" % (vid,))
+                    ok = False
+                if isinstance(pcp, bool) or not isinstance(pcp, int) or not 0 <= pcp <= _rewrite.PCP_MAX:
+                    col.error(_join(_join(path, "vlan"), "pcp"), "a priority (PCP) is 0-7, got %r" % (pcp,))
+                    ok = False
+                if direction == "ingress":
+                    col.error(_join(path, "vlan"), "a tag cannot be pushed on ingress: the stack has already "
+                              "chosen the interface; push on egress, or strip on ingress")
+                    ok = False
+                vlan = {"strip": False, "push": vid, "pcp": pcp}
+            else:
+                col.error(_join(path, "vlan"), "must be strip or {push: VLAN id, pcp: priority}, got %r" % (value,))
+                ok = False
+        dscp = None
+        if "dscp" in entry:
+            dscp, why = _rewrite.parse_dscp(entry["dscp"])
+            if why:
+                col.error(_join(path, "dscp"), why)
+                ok = False
+        if "vlan" not in entry and "dscp" not in entry:
+            col.error(path, "changes nothing: give vlan (strip or push) and/or dscp")
+            ok = False
+        if "comment" in entry and not isinstance(entry["comment"], str):
+            col.error(_join(path, "comment"), "expected a string")
+        if not ok:
+            continue
+        rule = {"id": _rewrite.REWRITE_FIRST_ID + index, "name": name, "direction": direction, "match": match,
+                "vlan": vlan, "dscp": dscp}
+        for earlier in rules:
+            both = _rewrite.conflicts(earlier, rule)
+            if both:
+                col.error(path, "overlaps %s (%s): a packet could match both and both set %s" % (
+                    "rewrite[%d]" % (earlier["id"] - _rewrite.REWRITE_FIRST_ID), earlier["name"],
+                    " and ".join(both)))
+                break
+        rules.append(rule)
+    return rules
+
+
 def _validate_filter(col, raw):
-    result = {"default": "allow", "deny_v4": [], "deny_v6": [], "allow_v4": [], "allow_v6": [],
-              "ports": [], "rate_limit": []}
+    result = dict([("default", "allow")] + [(name, []) for name in _contract.LIST_MAPS] + [("ports", []),
+                                                                                           ("rate_limit", [])])
     if raw is None:
         return result
     if not _expect(col, "filter", raw, dict, "a mapping"):
@@ -744,10 +861,12 @@ def _validate_filter(col, raw):
         result["default"] = default
     deny_v4, deny_v6, deny_redundant = _parse_networks(col, "filter.deny", raw.get("deny"))
     allow_v4, allow_v6, allow_redundant = _parse_networks(col, "filter.allow", raw.get("allow"))
-    for label, items, limit in (("IPv4 deny", deny_v4, DENY_V4_MAX), ("IPv6 deny", deny_v6, DENY_V6_MAX),
-                                ("IPv4 allow", allow_v4, ALLOW_V4_MAX), ("IPv6 allow", allow_v6, ALLOW_V6_MAX)):
-        if len(items) > limit:
-            col.error("filter", "%d %s entries exceed the map limit of %d" % (len(items), label, limit))
+    values = {"deny_v4": deny_v4, "deny_v6": deny_v6, "allow_v4": allow_v4, "allow_v6": allow_v6}
+    limits = {"deny_v4": DENY_V4_MAX, "deny_v6": DENY_V6_MAX, "allow_v4": ALLOW_V4_MAX, "allow_v6": ALLOW_V6_MAX}
+    for name, version, list_name in LIST_FAMILIES:
+        if len(values[name]) > limits[name]:
+            col.error("filter", "%d IPv%d %s entries exceed the map limit of %d" % (
+                len(values[name]), version, list_name, limits[name]))
     _warn_limited(col, "filter.deny", deny_redundant)
     _warn_limited(col, "filter.allow", allow_redundant)
     _warn_limited(col, "filter.deny", _shadowed_denies((deny_v4, deny_v6), (allow_v4, allow_v6)))
@@ -760,11 +879,9 @@ def _validate_filter(col, raw):
         col.warn("filter.default", "default deny with an empty allow list drops all IP traffic")
     # The parsed ints travel beside the model (Model.list_values) so rendering need not parse
     # a million texts again.
-    result["_values"] = {"deny_v4": deny_v4, "deny_v6": deny_v6, "allow_v4": allow_v4, "allow_v6": allow_v6}
-    result["deny_v4"] = _prefixes.texts(deny_v4, 4)
-    result["deny_v6"] = _prefixes.texts(deny_v6, 6)
-    result["allow_v4"] = _prefixes.texts(allow_v4, 4)
-    result["allow_v6"] = _prefixes.texts(allow_v6, 6)
+    result["_values"] = values
+    for name, version, _list in LIST_FAMILIES:
+        result[name] = _prefixes.texts(values[name], version)
     taken = {}
     result["ports"] = _validate_ports(col, raw.get("ports"), taken)
     result["rate_limit"] = _validate_rate_limits(col, raw.get("rate_limit"), taken)
@@ -1010,9 +1127,11 @@ def _validate_log(col, raw):
         if _expect(col, "log.sink", sink, dict, "a mapping"):
             _check_keys(col, "log.sink", sink, _keys("log", "sink"))
             path = sink.get("file", DEFAULT_LOG_FILE)
-            if (not isinstance(path, str) or not path.startswith("/") or path.endswith("/")
-                    or any(ord(char) < 32 for char in path)):
-                col.error("log.sink.file", "must be an absolute file path, got %r" % (path,))
+            try:
+                # The same check the host's agent makes before it opens the file (docs/security.md).
+                _safe_files.check_path(path, col.sink_dirs)
+            except _safe_files.UnsafePath as exc:
+                col.error("log.sink.file", str(exc))
             else:
                 result["file"] = path
             if "max_size" in sink:
@@ -1026,13 +1145,16 @@ def _validate_log(col, raw):
     return result
 
 
-def validate(raw, source=None, read_file=None):
+def validate(raw, source=None, read_file=None, sink_dirs=None):
     """Validate a policy mapping; return (model, warnings) or raise PolicyError with all problems.
 
     `read_file(name) -> text` reads the list files a policy names (relative to the policy);
-    without it a policy that names list files is an error.
+    without it a policy that names list files is an error. `sink_dirs`: the directories a
+    log file may lie under (default /var/log/bpfleet, the host role's
+    bpfleet_host_agent_sink_dirs).
     """
     col = _Collector(source, read_file)
+    col.sink_dirs = sink_dirs
     if not isinstance(raw, dict):
         col.error("", "a policy must be a mapping, got %s" % type(raw).__name__)
         raise PolicyError(col.errors)
@@ -1069,6 +1191,8 @@ def validate(raw, source=None, read_file=None):
         col.error("xdp_mode", "must be one of %s, got %r" % (", ".join(XDP_MODES), xdp_mode))
 
     filter_model = _validate_filter(col, raw.get("filter"))
+    names_taken = dict((rule["name"], "filter") for rule in filter_model["ports"] + filter_model["rate_limit"])
+    rewrite_model = _validate_rewrite(col, raw.get("rewrite"), names_taken)
     log_model = _validate_log(col, raw.get("log"))
     if not log_model["enabled"]:
         for rule in filter_model["ports"]:
@@ -1085,6 +1209,7 @@ def validate(raw, source=None, read_file=None):
         "interfaces": sorted(interfaces),
         "xdp_mode": xdp_mode,
         "filter": filter_model,
+        "rewrite": rewrite_model,
         "log": log_model,
     })
     model.list_values = list_values
@@ -1110,6 +1235,9 @@ def rule_details(model=None):
                       "direction": rule["direction"]})
     for limit in flt.get("rate_limit") or []:
         rules.append({"id": limit["id"], "name": limit["name"], "kind": "rate_limit", "action": "rate_limited"})
+    for rule in (model or {}).get("rewrite") or []:
+        rules.append({"id": rule["id"], "name": rule["name"], "kind": "rewrite", "action": "rewrite",
+                      "direction": rule["direction"]})
     return rules
 
 
@@ -1117,9 +1245,6 @@ class Model(dict):
     """A validated policy (plain JSON data) that also carries its lists as parsed prefix ints."""
 
     list_values = None
-
-
-LIST_FAMILIES = (("deny_v4", 4, "deny"), ("deny_v6", 6, "deny"), ("allow_v4", 4, "allow"), ("allow_v6", 6, "allow"))
 
 
 def list_values(model):
@@ -1139,12 +1264,7 @@ def list_values(model):
 def map_contents(model):
     """Desired content of the list maps: map name -> sorted list of [CIDR text, rule id]."""
     flt = model["filter"]
-    return {
-        "deny_v4": [[cidr, RULE_IDS["deny"]] for cidr in flt["deny_v4"]],
-        "deny_v6": [[cidr, RULE_IDS["deny"]] for cidr in flt["deny_v6"]],
-        "allow_v4": [[cidr, RULE_IDS["allow"]] for cidr in flt["allow_v4"]],
-        "allow_v6": [[cidr, RULE_IDS["allow"]] for cidr in flt["allow_v6"]],
-    }
+    return dict((name, [[cidr, RULE_IDS[kind]] for cidr in flt[name]]) for name, _version, kind in LIST_FAMILIES)
 
 
 def digest_of(obj):

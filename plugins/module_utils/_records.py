@@ -31,9 +31,10 @@ import struct
 import time
 
 try:
-    from . import _http
+    from . import _contract, _http
 except ImportError:
     # The agent runs copies of these files as plain sibling modules.
+    import _contract
     import _http
 
 __all__ = [
@@ -45,23 +46,23 @@ __all__ = [
 ]
 
 # struct bpfleet_record, docs/architecture.md ("Header record v1").
-RECORD = struct.Struct("<QIIBBHHH6s6sBBBBHH16s16sHBB8x")
+RECORD = struct.Struct(_contract.RECORD_FORMAT)
 RECORD_SIZE = RECORD.size
-RECORD_VERSION = 1
+RECORD_VERSION = _contract.RECORD_VERSION
 # Record flags (docs/architecture.md, docs/logging-http.md).
-PAYLOAD_TRUNCATED = 0x01            # the end of the request headers is not in the payload
-PAYLOAD_REDACTED = 0x02             # the kernel scanned the payload and blanked sensitive values
-PAYLOAD_CUT = 0x04                  # the segment had more bytes than log.http.max_bytes
+PAYLOAD_TRUNCATED = _contract.PAYLOAD_TRUNCATED
+PAYLOAD_REDACTED = _contract.PAYLOAD_REDACTED
+PAYLOAD_CUT = _contract.PAYLOAD_CUT
 
 ALWAYS_FIELDS = ("ts", "host", "iface", "dir")
 OPTIONAL_FIELDS = (
     "action", "rule", "src_mac", "dst_mac", "vlan", "ip_ver", "src_ip", "dst_ip",
-    "ttl", "len", "proto", "src_port", "dst_port", "tcp_flags", "http",
+    "ttl", "len", "proto", "src_port", "dst_port", "tcp_flags", "rewrite", "http",
 )
 KEY_ORDER = ALWAYS_FIELDS + OPTIONAL_FIELDS
 
-DIRECTIONS = ("ingress", "egress")
-ACTIONS = ("pass", "drop", "rate_limited")
+DIRECTIONS = _contract.DIRECTIONS
+ACTIONS = _contract.ACTIONS
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 _PORT_PROTOS = frozenset((6, 17))
 _TCP = 6
@@ -75,7 +76,7 @@ _TCP_FLAGS_TEXT = tuple(
 
 _NS_PER_S = 1000000000
 # Rule id of records no filter rule decided (egress): written as null.
-RULE_NONE = 0xFFFF
+RULE_NONE = _contract.RULE_NONE
 
 
 class DecodeResult(collections.namedtuple("DecodeResult", ("records", "malformed"))):
@@ -187,6 +188,7 @@ class RecordDecoder(object):
         want_src_port = "src_port" in want
         want_dst_port = "dst_port" in want
         want_tcp_flags = "tcp_flags" in want
+        want_rewrite = "rewrite" in want
         want_http = "http" in want and self.payload_parser is not None
         host = self.host
         iface_names = self.iface_names
@@ -211,7 +213,7 @@ class RecordDecoder(object):
                 continue
             (ts_boot_ns, ifindex, pkt_len, direction, action, rule, vlan, _eth_proto,
              src_mac, dst_mac, ip_ver, proto, ttl, tcp_flags, src_port, dst_port,
-             src_ip, dst_ip, payload_len, flags, version) = unpack_from(raw)
+             src_ip, dst_ip, payload_len, flags, version, rewrite) = unpack_from(raw)
             if version != RECORD_VERSION or RECORD_SIZE + payload_len > len(raw):
                 malformed += 1
                 continue
@@ -262,6 +264,8 @@ class RecordDecoder(object):
                 record["dst_port"] = dst_port if has_ports else None
             if want_tcp_flags:
                 record["tcp_flags"] = flags_text[tcp_flags] if is_ip and proto == _TCP else None
+            if want_rewrite:
+                record["rewrite"] = (rule_names.get(rewrite) or str(rewrite)) if rewrite else None
             if want_http and payload_len:
                 try:
                     http = payload_parser(bytes(raw[RECORD_SIZE:RECORD_SIZE + payload_len]),
@@ -309,10 +313,11 @@ def decode_batch(raw_records, fields, host, rule_names=None, iface_names=None,
 # u32 page offset) and the 88-byte record, grouped so that what stays the same for a flow
 # comes out as two bytes objects: the ifindex, and offsets 16-75 (direction, action, rule,
 # VLAN, MACs, IP version, protocol, TTL, TCP flags, ports, addresses). Time and length
-# change per packet. The trailer (payload_len, flags, version) must be 0, 0, 1.
-_SLOT = struct.Struct("<I4xQ4sI60s4s8x")
+# change per packet. The trailer (payload_len, flags, version, rewrite) must be 0, 0, 1, 0:
+# a record of a rewritten packet takes the slow path (RecordDecoder).
+_SLOT = struct.Struct("<I4xQ4sI60s6s6x")
 _SLOT_SIZE = _SLOT.size                         # 96
-_SLOT_TRAILER = b"\x00\x00\x00\x01"
+_SLOT_TRAILER = b"\x00\x00\x00\x01\x00\x00"
 _FLOW = struct.Struct("<BBHHH6s6sBBBBHH16s16s")
 _HEADER = struct.Struct("<I")
 _BUSY = 1 << 31
@@ -381,6 +386,7 @@ class LineEncoder(object):
             "src_port": lambda: src_port if has_ports else None,
             "dst_port": lambda: dst_port if has_ports else None,
             "tcp_flags": lambda: _TCP_FLAGS_TEXT[tcp_flags] if is_ip and proto == _TCP else None,
+            "rewrite": lambda: None,  # the fast path only takes records without a rewrite
         }
         parts = ['Z","host":', dumps(decoder.host), ',"iface":', dumps(iface),
                  ',"dir":', dumps(DIRECTIONS[direction] if direction < 2 else str(direction))]

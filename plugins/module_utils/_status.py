@@ -15,14 +15,16 @@ import socket
 import time
 
 from ansible_collections.bpfleet.core.plugins.module_utils import _attach as attach
+from ansible_collections.bpfleet.core.plugins.module_utils import _audit as audit
 from ansible_collections.bpfleet.core.plugins.module_utils import _features as features_probe
+from ansible_collections.bpfleet.core.plugins.module_utils import _health as health_model
 from ansible_collections.bpfleet.core.plugins.module_utils import _history as history
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
 from ansible_collections.bpfleet.core.plugins.module_utils import _live_edits as live_edits
 from ansible_collections.bpfleet.core.plugins.module_utils import _maps as maps
 
 # The agent rewrites its status about once a second; older than this means it is stuck.
-AGENT_STATUS_STALE_S = 15
+AGENT_STATUS_STALE_S = health_model.DEFAULTS["status_stale_s"]
 
 
 def kernel_status():
@@ -157,7 +159,7 @@ def log_status(state, agent_policies, agent=None):
     path = log.get("file")
     entry = {"enabled": bool(log.get("enabled")), "path": path, "fields": log.get("fields", []),
              "records_written": 0, "bytes_written": 0, "records_lost_user": 0, "records_recovered": 0,
-             "last_record_time": None, "file_bytes": None, "current_file": None, "error": None}
+             "last_record_time": None, "file_bytes": None, "current_file": None, "error": None, "error_at": None}
     per_policy = agent_policies.get(state.get("name")) or {}
     for key in ("records_written", "bytes_written", "records_lost_user", "records_recovered", "last_record_time",
                 "error"):
@@ -171,14 +173,32 @@ def log_status(state, agent_policies, agent=None):
         entry["state"] = "stopped"
     else:
         entry["state"] = per_policy.get("state") or "unknown"
+    error_at = per_policy.get("error_at_unix")
+    if entry["error"] and isinstance(error_at, (int, float)):
+        entry["error_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(error_at))
     current = per_policy.get("file") or path
+    entry["disk"] = None
     if current:
         entry["current_file"] = current
         try:
             entry["file_bytes"] = os.stat(current).st_size
         except OSError:
             entry["file_bytes"] = None
+        if entry["enabled"]:
+            entry["disk"] = sink_disk(current)
     return entry
+
+
+def sink_disk(path):
+    """Size and free space of the file system a log file is (or will be) on."""
+    directory = os.path.dirname(path) or "/"
+    while directory != "/" and not os.path.isdir(directory):
+        directory = os.path.dirname(directory)
+    try:
+        vfs = os.statvfs(directory)
+    except OSError:
+        return None
+    return {"path": directory, "size_bytes": vfs.f_blocks * vfs.f_frsize, "avail_bytes": vfs.f_bavail * vfs.f_frsize}
 
 
 def _ifindex_names(interfaces):
@@ -193,10 +213,15 @@ def _ifindex_names(interfaces):
     return names
 
 
-def gather(runner, only=None):
+def gather(runner, only=None, health_window=None):
     status = paths.read_json(paths.AGENT_STATUS) or {}
     agent = agent_status(status)
     agent_policies = status.get("policies") or {}
+    # The window the agent judges with (its config), unless the caller asks for another one.
+    window = health_window or (status.get("health") or {}).get("window_s")
+    limits = health_model.thresholds({"window_s": window})
+    now = time.time()
+    policy_health = {}
     policies = {}
     for name in paths.applied_policies():
         if only and name != only:
@@ -214,6 +239,14 @@ def gather(runner, only=None):
             log["records_emitted"] = counters["records_emitted"]
             log["records_lost_kernel"] = counters["records_lost"]
         log["records_lost"] = (log.get("records_lost_kernel") or 0) + (log.get("records_lost_user") or 0)
+        past = history.summary(name)
+        per_agent = agent_policies.get(name) or {}
+        health = health_model.policy_health(
+            name, now, drift=drift, agent=agent, limits=limits, pending=(past or {}).get("pending"),
+            log={"enabled": log["enabled"], "error": log.get("error"), "error_at_unix": per_agent.get("error_at_unix"),
+                 # A stopped agent's history is not the present: its problem is reported instead.
+                 "samples": per_agent.get("samples") if agent.get("running") else None, "disk": log.get("disk")})
+        policy_health[name] = health
         policies[name] = {
             "policy": {
                 "name": name,
@@ -230,16 +263,22 @@ def gather(runner, only=None):
             },
             "attachments": attached,
             "drift": drift,
-            "healthy": not drift,
+            # The health model (docs/facts.md): false when unhealthy; degraded is still healthy.
+            "healthy": health["status"] != health_model.UNHEALTHY,
+            "health": health,
             "counters": counters,
             "log": log,
             # From the record the blocklist module keeps: a file read, no map walk.
             "live_edits": live_edits.counts(name),
-            "history": history.summary(name),
+            "history": past,
         }
+    # The hash-chained record of changes on this host, verified now (docs/security.md).
+    trail = audit.verify()
     return {
         "kernel": kernel_status(),
         "agent": agent,
+        "health": health_model.host_health(policy_health, agent, limits, trail),
         "policies": policies,
         "policy_names": sorted(policies),
+        "audit": trail,
     }

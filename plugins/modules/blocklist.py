@@ -77,6 +77,11 @@ options:
     description:
       - Internal. Set by the action plugin from O(entries) and O(file); do not set it yourself.
     type: dict
+  audit_actor:
+    description:
+      - Internal. Set by the action plugin to the controller's user and host name, which the host's audit trail
+        records with every change (docs/security.md); do not set it yourself.
+    type: dict
 requirements:
   - The policy applied on the host with M(bpfleet.core.policy) (its maps pinned in C(/sys/fs/bpf/bpfleet/<policy>/)).
 seealso:
@@ -131,7 +136,14 @@ lockout:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _blocklist, _live_edits, _lockout, _maps, _packing
+from ansible_collections.bpfleet.core.plugins.module_utils import (
+    _audit,
+    _blocklist,
+    _live_edits,
+    _lockout,
+    _maps,
+    _packing,
+)
 
 
 def _diff(edit):
@@ -160,6 +172,7 @@ def main():
             state=dict(type="str", default="present", choices=["present", "absent"]),
             allow_lockout=dict(type="bool", default=False),
             packed=dict(type="dict"),
+            audit_actor=dict(type="dict"),
         ),
         supports_check_mode=True,
     )
@@ -178,8 +191,8 @@ def main():
     _packing.strip_data(params["packed"])
 
     result = {"changed": edit.changed, "changes": edit.changes()}
-    address, _port = _lockout.controller_endpoint()
-    guard = edit.lockout(address)
+    address, port = _lockout.controller_endpoint()
+    guard = edit.lockout(address, port)
     if guard is not None:
         dropped, reason = guard
         result["lockout"] = {"controller": str(address), "dropped": dropped, "reason": reason}
@@ -191,11 +204,16 @@ def main():
     if module._diff and edit.changed:
         result["diff"] = _diff(edit)
     if edit.changed and not module.check_mode:
+        before = _audit.digests(params["policy"])
         try:
             edit.apply()
         except OSError as exc:
             module.fail_json(msg="updating the maps of policy %r failed: %s" % (params["policy"], exc),
                              **_without_changed(result))
+        problem = _audit.record_change("list_edit", params["policy"], before, params["audit_actor"],
+                                       {"list": params["list"], "state": params["state"], "changes": result["changes"]})
+        if problem:
+            module.warn(problem)
     result["live_edits"] = _live_edits.counts(params["policy"])
     module.exit_json(**result)
 

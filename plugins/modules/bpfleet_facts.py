@@ -28,6 +28,12 @@ options:
     description:
       - Report only this policy. By default every policy applied on the host is reported.
     type: str
+  health_window:
+    description:
+      - Seconds over which the health model judges record loss and agent errors (C(docs/facts.md)).
+      - By default the window the agent uses for its own metrics (its C(health_window), 300 unless configured).
+        The agent keeps counter history for its own window only, so a longer one here sees no further back.
+    type: float
 requirements:
   - iproute2 (C(ip), C(tc)) on the host.
 seealso:
@@ -68,6 +74,25 @@ ansible_facts:
           type: dict
           sample: {"state": "running", "running": true, "mode": "daemon", "pid": 1234, "version": "0.1.0",
                    "status_age_s": 0.4, "textfile": "/var/lib/prometheus/node-exporter/bpfleet.prom"}
+        health:
+          description:
+            - The host's health from the health model (C(docs/facts.md)), C(status) V(healthy), V(degraded) or
+              V(unhealthy), C(problems) (each with C(code), C(severity), C(policy), C(message), C(fails_rollout)),
+              C(messages) (one line per problem), C(rollout_ok) and C(window_s). Each policy has its own
+              C(health) too.
+          type: dict
+          sample: {"status": "unhealthy", "rollout_ok": false, "window_s": 300,
+                   "messages": ["web: the agent reports: cannot write /var/log/bpfleet/web.jsonl: [Errno 28] No space"]}
+        audit:
+          description:
+            - The host's audit trail (C(/var/lib/bpfleet/audit.jsonl), one hash-chained record per change),
+              verified when the facts are gathered; C(verified) is false and C(error) and C(broken_at) say where
+              when a record was edited, deleted or reordered, or records were cut from the end.
+            - C(head) is the hash of the last record, C(records) the count, C(last) the latest records (seq, time,
+              action, policy, actor, before and after digests).
+          type: dict
+          sample: {"path": "/var/lib/bpfleet/audit.jsonl", "records": 12, "head": "sha256:9f...", "verified": true,
+                   "error": null, "broken_at": null, "last": []}
         policy_names:
           description: Names of the policies applied on the host.
           type: list
@@ -75,7 +100,8 @@ ansible_facts:
         policies:
           description:
             - Per policy name, C(policy) (name, digests, applied_at), C(attachments) (iface, hook, mode, prog_id,
-              tag, expected_prog_id, ok), C(drift) (list of problems, empty when healthy), C(healthy),
+              tag, expected_prog_id, ok), C(drift) (attachments missing or replaced), C(health) (the health model),
+              C(healthy) (false when the health model says unhealthy),
               C(counters) (packets_seen, passed, dropped, records_emitted, records_lost, rules per rule name with
               packets and bytes), C(log) (state, path, current_file, file_bytes, records_emitted,
               records_written, bytes_written, records_lost_kernel, records_lost_user, records_lost,
@@ -92,10 +118,11 @@ from ansible_collections.bpfleet.core.plugins.module_utils._runner import Comman
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(name=dict(type="str")),
+        argument_spec=dict(name=dict(type="str"), health_window=dict(type="float")),
         supports_check_mode=True,
     )
-    facts = _status.gather(CommandRunner(module), only=module.params["name"])
+    facts = _status.gather(CommandRunner(module), only=module.params["name"],
+                           health_window=module.params["health_window"])
     module.exit_json(changed=False, ansible_facts={"bpfleet": facts})
 
 

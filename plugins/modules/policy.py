@@ -108,9 +108,14 @@ options:
     description:
       - Internal. Set by the action plugin from O(src) or O(policy); do not set it yourself.
     type: dict
+  audit_actor:
+    description:
+      - Internal. Set by the action plugin to the controller's user and host name, which the host's audit trail
+        records with every change (docs/security.md); do not set it yourself.
+    type: dict
 requirements:
   - On the host, BCC's Python bindings for the system Python (Debian/Ubuntu package C(python3-bpfcc)) and kernel
-    headers (the M(bpfleet.core.host) role installs both).
+    headers (the P(bpfleet.core.host#role) role installs both).
   - iproute2 (C(ip), C(tc)) on the host.
 seealso:
   - module: bpfleet.core.bpfleet_facts
@@ -242,6 +247,7 @@ from ansible.module_utils.common.respawn import has_respawned, probe_interpreter
 
 from ansible_collections.bpfleet.core.plugins.module_utils import (
     _apply,
+    _audit,
     _bcc_backend,
     _bpf_syscall,
     _features,
@@ -250,8 +256,10 @@ from ansible_collections.bpfleet.core.plugins.module_utils import (
     _lockout,
     _maps,
     _packing,
+    _safe_files,
 )
 from ansible_collections.bpfleet.core.plugins.module_utils import _host_paths as paths
+from ansible_collections.bpfleet.core.plugins.module_utils._rendered import RenderedPolicy
 from ansible_collections.bpfleet.core.plugins.module_utils._runner import CommandError, CommandRunner
 
 
@@ -299,7 +307,7 @@ def _diff(name, rendered, plan):
 
 def _effective_lists(module, rendered):
     """The lists the maps will hold: the policy's, with the kept live edits laid over them."""
-    lists = rendered["_unpacked_lists"]
+    lists = rendered.lists
     if module.params["live_edits"] != "keep":
         return lists
     recorded = _live_edits.read(rendered["name"])
@@ -357,13 +365,33 @@ def _kernel_features(module):
                       "fallbacks": _features.fallbacks_in_use(features)}
 
 
+def _check_sink(module, rendered):
+    """The log file again, on the host, against the directories its role allows (docs/security.md)."""
+    log = rendered.get("log") or {}
+    if not log.get("enabled") or not log.get("file"):
+        return
+    dirs = _safe_files.host_sink_dirs()
+    try:
+        _safe_files.check_path(log["file"], dirs)
+    except _safe_files.UnsafePath as exc:
+        module.fail_json(msg="log.sink.file: %s (this host allows %s); nothing was changed"
+                             % (exc, _safe_files.describe_dirs(dirs)))
+
+
+def _audit_warn(module, problem):
+    if problem:
+        module.warn(problem)
+
+
 def _present(module, runner, rendered):
+    _check_sink(module, rendered)
     features, kernel = _kernel_features(module)
     lockout = _guard_lockout(module, rendered)
     host = _apply.PolicyHost(runner, rendered, force=module.params["force"],
                              live_edits_mode=module.params["live_edits"], features=features)
     kernel["features_digest"] = host.features_digest
     plan = host.plan()
+    before = _audit.digests(rendered["name"])
     result = {
         "kernel": kernel,
         "changed": plan.changed,
@@ -384,6 +412,10 @@ def _present(module, runner, rendered):
         result["attachments"] = document.get("attach_modes", {})
         _history.after_apply(rendered["name"], rendered)
         _confirm(module, rendered)
+        _audit_warn(module, _audit.record_change(
+            "policy_apply", rendered["name"], before, module.params["audit_actor"],
+            {"compiled": bool(plan.compile), "confirm_timeout": module.params["confirm_timeout"] or None,
+             "force": module.params["force"], "allow_lockout": module.params["allow_lockout"]}))
     elif not module.check_mode:
         result["attachments"] = (host.state or {}).get("attach_modes", {})
         _history.after_apply(rendered["name"], rendered)
@@ -406,6 +438,7 @@ def main():
             confirm_timeout=dict(type="int", default=0),
             mask_features=dict(type="list", elements="str", default=[]),
             rendered=dict(type="dict"),
+            audit_actor=dict(type="dict"),
         ),
         supports_check_mode=True,
     )
@@ -420,9 +453,10 @@ def main():
         # The module echoes its arguments back (invocation): strip the packed megabytes there,
         # but keep them in the copy this run applies and records as the last good policy.
         echoed_lists = rendered["lists"]
-        rendered = dict(rendered, lists=dict((name, dict(packed)) for name, packed in echoed_lists.items()))
+        rendered = RenderedPolicy(dict(rendered, lists=dict((name, dict(packed))
+                                                            for name, packed in echoed_lists.items())))
         try:
-            rendered["_unpacked_lists"] = _packing.unpack_lists(rendered["lists"])
+            rendered.decode_lists()
         except _packing.PackingError as exc:
             module.fail_json(msg="the rendered policy's lists are damaged: %s" % exc)
         _packing.strip_data(echoed_lists)
@@ -435,7 +469,10 @@ def main():
             if not name:
                 module.fail_json(msg="state=absent needs name, src or policy")
             host = _apply.PolicyHost(runner, {"name": name, "programs": [], "interfaces": []})
+            before = _audit.digests(name)
             changed = host.remove()
+            if changed and not module.check_mode:
+                _audit_warn(module, _audit.record_change("policy_remove", name, before, module.params["audit_actor"]))
             module.exit_json(changed=changed, commands=runner.commands, policy={"name": name})
         result = _present(module, runner, rendered)
     except _bcc_backend.CompileError as exc:

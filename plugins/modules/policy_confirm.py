@@ -39,6 +39,11 @@ options:
       - Fail when there is no pending change to confirm (it was confirmed already, or the timer rolled it back).
     type: bool
     default: false
+  audit_actor:
+    description:
+      - Internal. Set by the action plugin to the controller's user and host name, which the host's audit trail
+        records with every change (docs/security.md); do not set it yourself.
+    type: dict
 seealso:
   - module: bpfleet.core.policy
   - module: bpfleet.core.policy_rollback
@@ -69,12 +74,13 @@ events:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _history
+from ansible_collections.bpfleet.core.plugins.module_utils import _audit, _history
 
 
 def main():
     module = AnsibleModule(argument_spec=dict(name=dict(type="str", required=True),
-                                              require_pending=dict(type="bool", default=False)),
+                                              require_pending=dict(type="bool", default=False),
+                                              audit_actor=dict(type="dict")),
                            supports_check_mode=True)
     name = module.params["name"]
     pending = _history.pending(name)
@@ -87,6 +93,12 @@ def main():
         _history.clear_pending(name)
         _history.record_event(name, "confirm", source_digest=pending.get("source_digest"),
                               deadline=pending.get("deadline"))
+        before = _audit.digests(name)
+        problem = _audit.record_change("confirm", name, before, module.params["audit_actor"],
+                                       {"source_digest": pending.get("source_digest"),
+                                        "deadline": pending.get("deadline")})
+        if problem:
+            module.warn(problem)
     module.exit_json(changed=True, confirmed=pending, events=_history.last_events(name))
 
 

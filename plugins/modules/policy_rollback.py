@@ -37,6 +37,11 @@ options:
       - Name of the policy to roll back.
     type: str
     required: true
+  audit_actor:
+    description:
+      - Internal. Set by the action plugin to the controller's user and host name, which the host's audit trail
+        records with every change (docs/security.md); do not set it yourself.
+    type: dict
 requirements:
   - On the host, BCC's Python bindings only when the good programs are no longer pinned or a map was recreated.
   - iproute2 (C(ip), C(tc)) on the host.
@@ -91,12 +96,14 @@ commands:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _apply, _bcc_backend, _history
+from ansible_collections.bpfleet.core.plugins.module_utils import _apply, _audit, _bcc_backend, _history
 from ansible_collections.bpfleet.core.plugins.module_utils._runner import CommandError, CommandRunner
 
 
 def main():
-    module = AnsibleModule(argument_spec=dict(name=dict(type="str", required=True)), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=dict(name=dict(type="str", required=True), audit_actor=dict(type="dict")),
+                           supports_check_mode=True)
+    before = _audit.digests(module.params["name"])
     runner = CommandRunner(module)
     compile_fn = _bcc_backend.compile_and_pin if _bcc_backend.HAS_BCC else None
     try:
@@ -112,6 +119,12 @@ def main():
     except OSError as exc:
         module.fail_json(msg="rollback failed: %s" % exc, commands=runner.commands)
     result["commands"] = runner.commands
+    if result.get("changed") and not module.check_mode:
+        problem = _audit.record_change("rollback", module.params["name"], before, module.params["audit_actor"],
+                                       {"reason": "on demand", "to": result.get("to"),
+                                        "rolled_back_from": result.get("rolled_back_from")})
+        if problem:
+            module.warn(problem)
     module.exit_json(**result)
 
 

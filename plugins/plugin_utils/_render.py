@@ -10,57 +10,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import os
 
 import jinja2
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _http, _packing, _policy
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract, _http, _packing, _policy
 
 GENERATOR_VERSION = "0.1.0"
 BPF_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "bpf"))
-PIN_ROOT = "/sys/fs/bpf/bpfleet"
-RINGBUF_BYTES = 4 * 1024 * 1024
-
-# Kernel map types (uapi/linux/bpf.h enum bpf_map_type).
-MAP_TYPE_PERCPU_HASH = 5
-MAP_TYPE_PERCPU_ARRAY = 6
-MAP_TYPE_LRU_HASH = 9
-MAP_TYPE_LPM_TRIE = 11
-MAP_TYPE_RINGBUF = 27
-LPM_V4_KEY_SIZE = 8   # u32 prefixlen + 4 address bytes
-LPM_V6_KEY_SIZE = 20  # u32 prefixlen + 16 address bytes
-COUNTER_SIZE = 16     # struct counter {u64 packets; u64 bytes;}
-RULE_KEY_SIZE = 8     # struct rule_key {u32 ifindex; u32 rule;}
-RATE_KEY_SIZE = 24    # struct rate_key {u32 rule; u8 ip_ver; u8 pad[3]; u8 addr[16];}
-RATE_BUCKET_SIZE = 16  # struct rate_bucket {u64 tokens; u64 last_ns;}
-STATS_SLOTS = 16
-# (interface, rule) pairs: 64 interfaces of a policy times its up to 99 rules, with room.
-RULE_STATS_ENTRIES = 16384
-# Sources tracked by the rate limiter; the least recently seen bucket is evicted first.
-RATE_BUCKETS_ENTRIES = 131072
 NANOS_PER_SECOND = 1000000000
-
-
-def map_manifest():
-    """The maps every program of this generator pins, with the shape the host must verify."""
-    return [
-        {"name": "deny_v4", "type": MAP_TYPE_LPM_TRIE, "key_size": LPM_V4_KEY_SIZE, "value_size": 4,
-         "max_entries": _policy.DENY_V4_MAX},
-        {"name": "deny_v6", "type": MAP_TYPE_LPM_TRIE, "key_size": LPM_V6_KEY_SIZE, "value_size": 4,
-         "max_entries": _policy.DENY_V6_MAX},
-        {"name": "allow_v4", "type": MAP_TYPE_LPM_TRIE, "key_size": LPM_V4_KEY_SIZE, "value_size": 4,
-         "max_entries": _policy.ALLOW_V4_MAX},
-        {"name": "allow_v6", "type": MAP_TYPE_LPM_TRIE, "key_size": LPM_V6_KEY_SIZE, "value_size": 4,
-         "max_entries": _policy.ALLOW_V6_MAX},
-        {"name": "stats", "type": MAP_TYPE_PERCPU_ARRAY, "key_size": 4, "value_size": COUNTER_SIZE,
-         "max_entries": STATS_SLOTS},
-        {"name": "rule_stats", "type": MAP_TYPE_PERCPU_HASH, "key_size": RULE_KEY_SIZE,
-         "value_size": COUNTER_SIZE, "max_entries": RULE_STATS_ENTRIES},
-        {"name": "rate_buckets", "type": MAP_TYPE_LRU_HASH, "key_size": RATE_KEY_SIZE,
-         "value_size": RATE_BUCKET_SIZE, "max_entries": RATE_BUCKETS_ENTRIES},
-        {"name": "events", "type": MAP_TYPE_RINGBUF, "key_size": 0, "value_size": 0,
-         "max_entries": RINGBUF_BYTES},
-    ]
 
 
 def program_manifest(model):
@@ -70,10 +29,12 @@ def program_manifest(model):
     programs = [{"function": "bpfleet_xdp", "hook": "xdp", "pin": "prog_xdp"}]
     log = model["log"]
     logged = log["directions"] if log["enabled"] else []
-    # Egress port rules need the egress program even when nothing is logged.
+    # Egress port rules need the egress program even when nothing is logged; rewrite rules
+    # need the program of their direction.
     filters_egress = any(rule["direction"] == "egress" for rule in model["filter"]["ports"])
+    rewrites = set(rule["direction"] for rule in model.get("rewrite") or [])
     for direction in ("ingress", "egress"):
-        if direction in logged or (direction == "egress" and filters_egress):
+        if direction in logged or (direction == "egress" and filters_egress) or direction in rewrites:
             programs.append({"function": "bpfleet_" + direction, "hook": "tc-" + direction,
                              "pin": "prog_tc_" + direction})
     return programs
@@ -117,6 +78,54 @@ def kernel_http(model):
                        for index, value in enumerate(slots) if value],
         "tails": tails,
     }
+
+
+def _address_test(field, cidr):
+    """C test that pkt-><field> (16 bytes, IPv4 in the first 4) lies in `cidr`: whole bytes
+    compared, the last partial byte masked, so the compiler sees constants only."""
+    net = ipaddress.ip_network(cidr)
+    raw = net.network_address.packed
+    tests = ["pkt->ip_ver == %d" % net.version]
+    full, rest = divmod(net.prefixlen, 8)
+    for index in range(full):
+        tests.append("pkt->%s[%d] == 0x%02x" % (field, index, raw[index]))
+    if rest:
+        mask = (0xff << (8 - rest)) & 0xff
+        tests.append("(pkt->%s[%d] & 0x%02x) == 0x%02x" % (field, full, mask, raw[full] & mask))
+    return " && ".join(tests)
+
+
+def _port_test(field, ports):
+    low, high = ports
+    if low == high:
+        return "pkt->has_ports && pkt->%s == %d" % (field, low)
+    return "pkt->has_ports && pkt->%s >= %d && pkt->%s <= %d" % (field, low, field, high)
+
+
+_PROTO_TESTS = {"tcp": "pkt->proto == IPPROTO_TCP", "udp": "pkt->proto == IPPROTO_UDP", "icmp": "is_icmp(pkt)",
+                "any": "pkt->ip_ver != 0"}
+
+
+def kernel_rewrites(model):
+    """Rewrite rules with their match as one C condition (bpf/bpfleet.c.j2 compiles them in)."""
+    rules = []
+    for rule in model.get("rewrite") or []:
+        match = rule["match"]
+        tests = [_PROTO_TESTS[match["proto"]]]
+        for key, field in (("src", "src_ip"), ("dst", "dst_ip")):
+            if match[key]:
+                tests.append(_address_test(field, match[key]))
+        if match["proto"] == "any" and len(tests) > 1:
+            tests.pop(0)  # an address test already requires an IP packet
+        for key in ("src_port", "dst_port"):
+            if match[key]:
+                tests.append(_port_test(key, match[key]))
+        vlan = rule["vlan"] or {}
+        rules.append({"id": rule["id"], "name": rule["name"], "direction": rule["direction"],
+                      "condition": " && ".join(tests), "dscp": rule["dscp"],
+                      "vlan_strip": bool(vlan.get("strip")),
+                      "vlan_push_tci": ((vlan["pcp"] << 13) | vlan["push"]) if vlan.get("push") else None})
+    return rules
 
 
 def log_settings(model):
@@ -165,10 +174,13 @@ def render(model):
     source = template.render(
         policy=model,
         generator_version=GENERATOR_VERSION,
-        pin_dir="%s/%s" % (PIN_ROOT, model["name"]),
-        ringbuf_bytes=RINGBUF_BYTES,
-        maps=map_manifest(),
+        pin_dir="%s/%s" % (_contract.PIN_ROOT, model["name"]),
+        ringbuf_bytes=_contract.RINGBUF_BYTES,
+        maps=_contract.map_specs(),
+        contract_defines=_contract.c_defines(),
+        list_maps=_contract.LIST_FAMILIES,
         http=kernel_http(model),
+        rewrites=kernel_rewrites(model),
         rule_names=dict((rule["id"], rule["name"]) for rule in _policy.rule_details(model)),
         rate_fill_ns=dict((limit["id"], _fill_nanoseconds(limit)) for limit in model["filter"]["rate_limit"]),
     )
@@ -183,7 +195,7 @@ def render(model):
         "lists": lists,
         "maps_digest": _policy.digest_of(dict((name, [packed["digest"], packed["rule"]])
                                               for name, packed in lists.items())),
-        "maps": map_manifest(),
+        "maps": _contract.map_specs(),
         "programs": program_manifest(model),
         "rules": _policy.rule_names(model),
         "rule_details": _policy.rule_details(model),
@@ -192,5 +204,6 @@ def render(model):
         "filter_default": model["filter"]["default"],
         "filter": {"default": model["filter"]["default"], "ports": model["filter"]["ports"],
                    "rate_limit": model["filter"]["rate_limit"]},
+        "rewrite": model.get("rewrite") or [],
         "log": log_settings(model),
     }

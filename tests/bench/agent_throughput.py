@@ -95,11 +95,11 @@ int generate(struct __sk_buff *skb)
 
 def template_record():
     import struct
-    record = struct.Struct("<QIIBBHHH6s6sBBBBHH16s16sHBB8x")
+    record = struct.Struct("<QIIBBHHH6s6sBBBBHH16s16sHBBH6x")
     return record.pack(0, 1, 0, 0, 0, 0, 0, 0x0800, bytes.fromhex("020000000001"),
                        bytes.fromhex("020000000002"), 4, 6, 64, 0x12, 40000, 80,
                        bytes([203, 0, 113, 10]) + bytes(12), bytes([198, 51, 100, 7]) + bytes(12),
-                       0, 0, 1)
+                       0, 0, 1, 0)
 
 
 def cpu_seconds(pid, which=(11, 12)):
@@ -148,7 +148,8 @@ def inner(options):
     with open(os.path.join(state_dir, POLICY, "state.json"), "w") as handle:
         json.dump(state, handle)
     agent_command = [HOST_PYTHON, AGENT, "run", "--state-dir", state_dir, "--pin-root", pin_root,
-                     "--run-dir", run_dir, "--agent-log", os.path.join(out, "agent.log")]
+                     "--run-dir", run_dir, "--agent-log", os.path.join(out, "agent.log"),
+                     "--sink-dir", os.path.dirname(record_file)]
     agent_command += options.agent_arg
     environment = dict(os.environ)
     if options.failpoint:

@@ -38,6 +38,11 @@ VARIANTS = {
     "filter + log, sample 1/100": {"filter": BASE_FILTER, "log": {"fields": ALL_FIELDS, "sample": "1/100"}},
     "filter + log + HTTP capture": {"filter": BASE_FILTER,
                                     "log": {"fields": ALL_FIELDS, "http": {"ports": [80]}}},
+    # Header rewrites (docs/rewrite.md). BPF_PROG_TEST_RUN runs a program `repeat` times on one
+    # skb: the first run rewrites, the others find the header already right (DSCP) or untagged
+    # (strip), so these rows are the cost of matching and deciding, with one write per call.
+    "rewrite DSCP ef (egress)": {"rewrite": [{"direction": "egress", "match": {"proto": "udp"}, "dscp": "ef"}]},
+    "rewrite VLAN strip (ingress)": {"rewrite": [{"direction": "ingress", "vlan": "strip"}]},
 }
 HTTP_REQUEST = (b"GET /api/v1/items?page=2 HTTP/1.1\r\nHost: api.example\r\nUser-Agent: wrk\r\n"
                 b"Authorization: Bearer abcdef0123456789\r\nAccept: */*\r\n\r\n")
@@ -149,6 +154,8 @@ def run_all(smoke: bool) -> dict:
                               udp_frame(family, DENIED_V4 if family == 4 else DENIED_V6)))
             if "prog_tc_ingress" in programs:
                 cases.append(("prog_tc_ingress", "UDP, allowed source", udp_frame(family)))
+            if "prog_tc_egress" in programs and "rewrite" in VARIANTS[variant]:
+                cases.append(("prog_tc_egress", "UDP, rewritten", udp_frame(family)))
             if "http" in VARIANTS[variant].get("log", {}):
                 cases.append(("prog_tc_ingress", "HTTP GET, %d B" % len(HTTP_REQUEST),
                               tcp_frame(family, HTTP_REQUEST)))

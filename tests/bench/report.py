@@ -302,6 +302,12 @@ def targets(results):
         overhead = http["request_log_overhead_vs_filter"]
         rows.append(("HTTP logging < 3 % of nginx requests/s (request log, against the XDP filter alone)",
                      f"{fmt(100 * overhead, 1)} % fewer", "yes" if overhead < 0.03 else "no"))
+    fleet = (results.get("sections") or {}).get("fleet") or {}
+    for row in fleet.get("rows", []):
+        if row.get("bound_s") is not None and row.get("seconds") is not None:
+            rows.append((f"one address blocked on {row['hosts']} host(s) in one short task (bpfleet.core.blocklist) "
+                         f"<= {fmt(row['bound_s'], 0)} s", f"{fmt(row['seconds'], 1)} s",
+                         "yes" if row["seconds"] <= row["bound_s"] else "no"))
     agent = (results.get("sections") or {}).get("agent") or {}
     if agent.get("alone"):
         best = agent.get("alone_zero_loss_rate") or 0

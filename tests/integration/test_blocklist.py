@@ -7,8 +7,8 @@ The tests run in file order against one fleet; each leaves the state the next ex
 
 from __future__ import annotations
 
+import copy
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -190,19 +190,39 @@ def test_lockout_guard_refuses_blocking_the_controller(prepared):
     assert delivered(lab) == 10
 
 
-def test_block_one_address_across_the_fleet_in_one_short_task(prepared, capsys):
+def test_lockout_guard_judges_port_rules_as_the_kernel_does(prepared):
+    """Under a port rule that drops SSH, the allow entry that lets the controller in is what keeps
+    the fleet reachable: removing it is refused (issue 15; the guard used to ignore port rules)."""
+    lab = prepared
+    controller = "203.0.113.1"
+    no_ssh = copy.deepcopy(POLICY)
+    no_ssh["filter"]["ports"] = [{"name": "no-ssh", "proto": "tcp", "port": 22, "action": "drop"}]
+    no_ssh["filter"]["allow"] = [controller + "/32"]
+    one(lab.playbook([{"name": "policy", "bpfleet.core.policy": {"policy": no_ssh}}], hosts="h1"))
+    for check in (True, False):
+        refused = lab.playbook([block_task([controller], list="allow", state="absent")], hosts="h1", check=check,
+                               expect_failure=True)
+        message = one(refused)["msg"]
+        assert message.startswith("lockout guard: this edit would drop the controller's SSH connection from "
+                                  f"{controller} (removing the allow entry {controller}/32 leaves it to port rule "
+                                  "no-ssh, which drops TCP port 22)"), message
+    # Still reachable: the refused edit changed nothing.
+    one(lab.playbook([policy_task(live_edits="discard")], hosts="h1"))
+    assert delivered(lab) == 10
+
+
+def test_block_one_address_across_the_fleet_in_one_short_task(prepared):
+    """One task blocks an address on every host. How short that task is, is
+    measured against a stated bound by the benchmark (tests/bench/fleet_ops.py), not here: a
+    shared test machine's timing proves nothing either way."""
     lab = prepared
     lab.playbook([policy_task()])
     target = lab.hosts["h3"]["lab_ipv4"]
-    started = time.monotonic()
     outcome = lab.playbook([block_task([target])])
-    seconds = time.monotonic() - started
     for host in ("h1", "h2", "h3"):
         assert one(outcome, host)["changed"] is True
         assert one(outcome, host)["live_edits"]["deny_v4"] == {"added": 1, "removed": 0}
     assert delivered(lab, receiver="h1") == 0
     assert delivered(lab, receiver="h2") == 0
-    with capsys.disabled():
-        print(f"\n[blocklist] one address blocked on 3 hosts: ansible-playbook took {seconds:.2f} s")
     lab.playbook([block_task([target], state="absent")])
     assert delivered(lab, receiver="h2") == 10

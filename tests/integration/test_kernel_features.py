@@ -47,8 +47,8 @@ FEATURES_HEADER = "/var/lib/bpfleet/features/bpfleet_features.h"
 FEATURES_CACHE = "/var/lib/bpfleet/kernel-features.json"
 
 
-def apply(lab, policy=POLICY, mask=(), expect_failure=False):
-    task = {"bpfleet.core.policy": {"policy": policy, "mask_features": list(mask)}}
+def apply(lab, policy=None, mask=(), expect_failure=False):
+    task = {"bpfleet.core.policy": {"policy": policy or POLICY, "mask_features": list(mask)}}
     return lab.playbook([task], hosts="h1", expect_failure=expect_failure)["h1"][0]
 
 

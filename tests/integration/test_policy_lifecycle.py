@@ -12,6 +12,7 @@ import copy
 import json
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -252,22 +253,63 @@ def test_foreign_xdp_program_is_refused_unless_forced(prepared, tmp_path):
     assert facts_of(lab, "h2")["policies"]["lab-edge"]["healthy"] is True
 
 
+# Ports no other step of this file sends to: records with them can only come from the
+# packets sent while the agent was stopped.
+STOPPED_DENIED_PORT = 47311
+STOPPED_ALLOWED_PORT = 47312
+HEADERS_LOG = "/var/log/bpfleet/headers.jsonl"
+
+
+def records_to(lab, host: str, src: str, dst_port: int) -> int:
+    """Records in the host's header log from src to dst_port."""
+    text = lab.exec(host, "sh", "-c", f"cat {HEADERS_LOG} 2>/dev/null || true").stdout
+    count = 0
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("src_ip") == src and record.get("dst_port") == dst_port:
+            count += 1
+    return count
+
+
+def send_udp(lab, sender: str, src: str, dst: str, port: int, count: int = 10) -> None:
+    lab.exec(sender, "/usr/bin/python3", str(REPO / "tests" / "fleet" / "probe.py"), "send", "--proto", "udp",
+             "--src", src, "--dst", dst, "--port", str(port), "--count", str(count), "--interval", "0.01")
+
+
 def test_filtering_goes_on_while_the_agent_is_stopped(prepared):
     lab = prepared
+    h1, h3 = lab.hosts["h1"]["lab_ipv4"], lab.hosts["h3"]
     lab.playbook([{"ansible.builtin.command": f"{AGENT} stop"}], hosts="h1")
     facts = facts_of(lab, "h1")
     assert facts["agent"]["running"] is False
     dropped = facts["policies"]["lab-edge"]["counters"]["dropped"]
-    assert lab.udp_delivered("h3", lab.hosts["h3"]["lab_ipv4_alt"], "h1", lab.hosts["h1"]["lab_ipv4"]) == 0
-    assert lab.udp_delivered("h3", lab.hosts["h3"]["lab_ipv4"], "h1", lab.hosts["h1"]["lab_ipv4"]) == 10
+    assert lab.udp_delivered("h3", h3["lab_ipv4_alt"], "h1", h1) == 0
+    assert lab.udp_delivered("h3", h3["lab_ipv4"], "h1", h1) == 10
+    # Fresh packets on fresh ports, denied and allowed, while nobody drains the ring buffer.
+    assert records_to(lab, "h1", h3["lab_ipv4_alt"], STOPPED_DENIED_PORT) == 0
+    assert records_to(lab, "h1", h3["lab_ipv4"], STOPPED_ALLOWED_PORT) == 0
+    send_udp(lab, "h3", h3["lab_ipv4_alt"], h1, STOPPED_DENIED_PORT)
+    send_udp(lab, "h3", h3["lab_ipv4"], h1, STOPPED_ALLOWED_PORT)
     counters = facts_of(lab, "h1")["policies"]["lab-edge"]["counters"]
-    assert counters["dropped"] >= dropped + 10
+    assert counters["dropped"] >= dropped + 20
+    # Nothing writes them while the agent is stopped.
+    assert records_to(lab, "h1", h3["lab_ipv4_alt"], STOPPED_DENIED_PORT) == 0
     # Records wait in the pinned ring buffer; the role starts the agent again and it drains them.
     lab.playbook([{"ansible.builtin.include_role": {"name": "bpfleet.core.host", "tasks_from": "agent"}}],
                  hosts="h1")
-    alt = lab.hosts["h3"]["lab_ipv4_alt"]
-    lab.exec("h1", "sh", "-c", f"for i in $(seq 50); do grep -q '\"src_ip\":\"{alt}\"' "
-                               "/var/log/bpfleet/headers.jsonl && exit 0; sleep 0.2; done; exit 1")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        denied = records_to(lab, "h1", h3["lab_ipv4_alt"], STOPPED_DENIED_PORT)
+        allowed = records_to(lab, "h1", h3["lab_ipv4"], STOPPED_ALLOWED_PORT)
+        if denied >= 10 and allowed >= 10:
+            break
+        time.sleep(0.5)
+    # Every record of the stopped period, each once.
+    assert (denied, allowed) == (10, 10), "records from the stopped period: %d denied, %d allowed of 10 each" % (
+        denied, allowed)
     assert facts_of(lab, "h1")["agent"]["running"] is True
 
 

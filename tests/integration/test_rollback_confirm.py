@@ -59,9 +59,15 @@ def xdp_prog_id(lab, host: str = "h1"):
 def ssh_works(lab, host: str = "h1") -> bool:
     """A fresh SSH connection from the controller (no shared master), as an operator would try."""
     workdir = f"/tmp/bpfleet-lab/{lab.name}"
-    result = subprocess.run(["ssh", "-F", f"{workdir}/ssh_config", "-o", "ControlMaster=no", "-o", "ControlPath=none",
-                             "-o", "BatchMode=yes", "-o", "ConnectTimeout=3", host, "true"],
-                            capture_output=True, timeout=20, check=False)
+    # No pipes: the ProxyCommand (nc) inherits ssh's stdout and stderr and may outlive a failed
+    # ssh, and waiting for a captured pipe to close would then wait for nc, not for ssh.
+    try:
+        result = subprocess.run(["ssh", "-F", f"{workdir}/ssh_config", "-o", "ControlMaster=no", "-o",
+                                 "ControlPath=none", "-o", "BatchMode=yes", "-o", "ConnectTimeout=3", host, "true"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                timeout=20, check=False)
+    except subprocess.TimeoutExpired:
+        return False
     return result.returncode == 0
 
 
@@ -96,13 +102,35 @@ def test_change_keeps_the_previous_version_as_last_good(prepared):
     assert "prog_xdp_good" in pins, pins
 
 
+def live_state(lab, host: str = "h1") -> dict:
+    """What a rollback would change on the host: the attached program, the pins, the entries of
+    the list maps, the digests the facts report and the state files."""
+    pin_dir = f"/sys/fs/bpf/bpfleet/{NAME}"
+    maps = {}
+    for name in lab.exec(host, "ls", f"{pin_dir}/maps").stdout.split():
+        if name.startswith(("deny_", "allow_")):
+            dumped = json.loads(lab.exec(host, "bpftool", "-j", "map", "dump", "pinned",
+                                         f"{pin_dir}/maps/{name}").stdout)
+            maps[name] = sorted(json.dumps(entry, sort_keys=True) for entry in dumped)
+    policy = facts(lab, host)["policies"][NAME]["policy"]
+    state = lab.exec(host, "sh", "-c", f"cd /var/lib/bpfleet/{NAME} && find . -type f | sort | xargs sha256sum").stdout
+    return {"xdp": xdp_prog_id(lab, host), "pins": sorted(lab.exec(host, "ls", pin_dir).stdout.split()),
+            "maps": maps, "source_digest": policy["source_digest"], "maps_digest": policy["maps_digest"],
+            "state_files": state}
+
+
 def test_rollback_check_mode_changes_nothing(prepared):
     lab = prepared
-    before = xdp_prog_id(lab)
+    before = live_state(lab)
+    assert before["maps"].get("deny_v4"), "version B denies addresses: its deny_v4 map cannot be empty"
     result = run(lab, [{"name": "rollback", "bpfleet.core.policy_rollback": {"name": NAME}}], check=True)[0]
     assert result["changed"] is True
     assert result["compiled"] is False and result["reused_pins"] is True
-    assert xdp_prog_id(lab) == before
+    after = live_state(lab)
+    for key in before:
+        assert after[key] == before[key], f"check mode changed {key}: {before[key]!r} -> {after[key]!r}"
+    # Version B still filters: h2's address stays denied.
+    assert lab.udp_delivered("h2", lab.hosts["h2"]["lab_ipv4"], "h1", lab.hosts["h1"]["lab_ipv4"]) == 0
 
 
 def test_rollback_reattaches_the_pinned_program_without_compiling(prepared):

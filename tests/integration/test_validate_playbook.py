@@ -6,12 +6,15 @@ path made in a temporary directory, as a policy repository that installed it wou
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ansible_collections.bpfleet.core.plugins.filter.policy_validate import policy_validate
 
@@ -126,6 +129,23 @@ def test_good_policies_pass_through_the_collection_playbook(tmp_path, policies):
     assert expected_ok_line(policies / "b-edge.yml", "b-edge") in result.output
     assert expected_ok_line(policies / "d-office.yml", "d-office") in result.output
     assert "FAIL" not in result.output
+
+
+def test_the_repository_policies_pass_with_their_golden_digests(tmp_path):
+    """The digests the playbook prints for playbooks/policies/ are those in tests/unit/golden,
+    reviewed and committed, not recomputed by the code under test."""
+    directory = tmp_path / "repo-policies"
+    shutil.copytree(REPO / "playbooks" / "policies", directory)
+    result = run(tmp_path, str(PLAYBOOK), "-e", "policy_dir=%s" % directory)
+    assert result.returncode == 0, result.output
+    policies = sorted(directory.glob("*.yml"))
+    assert policies
+    for path in policies:
+        golden = json.loads((REPO / "tests" / "unit" / "golden" / (path.stem + ".digests.json")).read_text())
+        name = yaml.safe_load(path.read_text())["name"]
+        line = "OK   %s: %s source_digest=%s maps_digest=%s" % (path.name, name, golden["source_digest"],
+                                                               golden["maps_digest"])
+        assert line in result.output, result.output
 
 
 def test_policy_files_list_reports_a_missing_file(tmp_path, policies):

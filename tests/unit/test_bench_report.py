@@ -70,3 +70,16 @@ def test_targets_compare_with_nftables_and_no_filter():
 def test_a_longer_list_contains_every_shorter_one():
     short, long = deny_list(100, "192.0.2.66"), deny_list(1000, "192.0.2.66")
     assert set(short[:-1]) < set(long[:-1])
+
+
+def test_the_short_blocklist_edit_is_held_to_its_stated_bound():
+    rows = [{"operation": "add one address (bpfleet.core.blocklist)", "hosts": 20, "seconds": 15.0,
+             "compiles": 0, "changed": 20, "bound_s": 30.0},
+            {"operation": "add one address (bpfleet.core.blocklist)", "hosts": 3, "seconds": 13.5,
+             "compiles": 0, "changed": 3, "bound_s": 12.0}]
+    targets = dict((target, (measured, met)) for target, measured, met in
+                   report.targets({"sections": {"fleet": {"rows": rows}}}))
+    assert targets["one address blocked on 20 host(s) in one short task (bpfleet.core.blocklist) <= 30 s"] == (
+        "15.0 s", "yes")
+    assert targets["one address blocked on 3 host(s) in one short task (bpfleet.core.blocklist) <= 12 s"] == (
+        "13.5 s", "no")

@@ -4,8 +4,9 @@
 """bpfleet-agent: drains the policies' ring buffers into JSON lines logs.
 
 Installed by the bpfleet.core.host role as /usr/lib/bpfleet/agent/bpfleet_agent.py
-next to copies of _bpf_syscall.py, _counters.py, _ringbuf.py, _records.py and _http.py, which
-it imports as sibling modules, and started through the launcher bpfleet-agent
+next to copies of _contract.py, _bpf_syscall.py, _counters.py, _ringbuf.py, _records.py, _http.py,
+_health.py, _safe_files.py (confined writes) and _privdrop.py (least privilege), which it imports
+as sibling modules, and started through the launcher bpfleet-agent
 beside it. Standard library only: no BCC, no LLVM.
 
   bpfleet-agent run      foreground worker (systemd Type=simple)
@@ -50,13 +51,17 @@ if not os.path.exists(os.path.join(AGENT_DIR, "_ringbuf.py")) and os.path.isdir(
     sys.path.insert(1, os.path.normpath(_CHECKOUT_MODULE_UTILS))
 
 import _bpf_syscall  # noqa: E402
+import _contract  # noqa: E402
 import _counters  # noqa: E402
+import _health  # noqa: E402
+import _privdrop  # noqa: E402
 import _records  # noqa: E402
 import _ringbuf  # noqa: E402
+import _safe_files  # noqa: E402
 
-DEFAULT_STATE_DIR = "/var/lib/bpfleet"
-DEFAULT_PIN_ROOT = "/sys/fs/bpf/bpfleet"
-DEFAULT_RUN_DIR = "/run/bpfleet"
+DEFAULT_STATE_DIR = _contract.STATE_ROOT
+DEFAULT_PIN_ROOT = _contract.PIN_ROOT
+DEFAULT_RUN_DIR = _contract.RUN_DIR
 DEFAULT_AGENT_LOG = "/var/log/bpfleet/agent.log"
 DEFAULT_RECORD_LOG = "/var/log/bpfleet/headers.jsonl"
 
@@ -126,21 +131,41 @@ class LogSink(object):
     (file -> file.1 -> ... -> file.<keep>).
     """
 
-    def __init__(self, path, max_size=None, keep=5):
+    def __init__(self, path, max_size=None, keep=5, allowed_dirs=None):
         self.path = path
+        self.name = os.path.basename(path)
+        self.allowed_dirs = allowed_dirs
         self.max_size = max_size
         self.keep = max(1, int(keep or 1))
         self.fd = None
+        self.dir_fd = None
         self.identity = None
         self.size = 0
 
     def open(self):
-        directory = os.path.dirname(self.path)
-        if directory:
-            os.makedirs(directory, mode=0o750, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        # Confined (docs/security.md): beneath an allowed directory, no symlink followed,
+        # a regular file with one link, created 0640. A refusal is an OSError (UnsafePath):
+        # the batch is counted lost and the error shows in the status.
+        self.close()
+        fd, dir_fd = _safe_files.open_beneath(self.path, self.allowed_dirs, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         stat = os.fstat(fd)
-        self.fd, self.identity, self.size = fd, (stat.st_dev, stat.st_ino), stat.st_size
+        self.fd, self.dir_fd, self.identity, self.size = fd, dir_fd, (stat.st_dev, stat.st_ino), stat.st_size
+
+    def _parent(self):
+        """The directory fd of the log file (opened without following links), or None."""
+        if self.dir_fd is None:
+            try:
+                root, parts = _safe_files.check_path(self.path, self.allowed_dirs)
+                self.dir_fd = _safe_files.open_parent(root, parts, create=False)
+            except OSError:
+                return None
+        return self.dir_fd
+
+    def _lstat(self, name):
+        parent = self._parent()
+        if parent is None:
+            raise FileNotFoundError(errno.ENOENT, "no parent directory", self.path)
+        return os.stat(name, dir_fd=parent, follow_symlinks=False)
 
     def write(self, data):
         if self.fd is None:
@@ -160,13 +185,22 @@ class LogSink(object):
         # loss right after rotation cannot leave a rotated file with a hole at its end.
         if self.fd is not None:
             os.fsync(self.fd)
-        self.close()
-        for index in range(self.keep - 1, 0, -1):
-            older = "%s.%d" % (self.path, index)
-            if os.path.exists(older):
-                os.replace(older, "%s.%d" % (self.path, index + 1))
-        if os.path.exists(self.path):
-            os.replace(self.path, self.path + ".1")
+        parent = self._parent()
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+        if parent is not None:
+            # Renames inside the log directory's fd: never through a symlinked directory.
+            for index in range(self.keep - 1, 0, -1):
+                older = "%s.%d" % (self.name, index)
+                try:
+                    os.replace(older, "%s.%d" % (self.name, index + 1), src_dir_fd=parent, dst_dir_fd=parent)
+                except FileNotFoundError:
+                    pass
+            try:
+                os.replace(self.name, self.name + ".1", src_dir_fd=parent, dst_dir_fd=parent)
+            except FileNotFoundError:
+                pass
         self.open()
 
     def reopen(self):
@@ -187,18 +221,29 @@ class LogSink(object):
         """(path, size) of the file with ``identity`` (dev, inode) among candidates()."""
         for path in self.candidates():
             try:
-                stat = os.stat(path)
+                stat = self._lstat(os.path.basename(path))
             except OSError:
                 continue
             if (stat.st_dev, stat.st_ino) == tuple(identity):
                 return path, stat.st_size
         return None, None
 
+    def truncate(self, path, size):
+        """Cut the file `path` (one of candidates()) at `size`, without following a link."""
+        parent = self._parent()
+        if parent is None:
+            raise FileNotFoundError(errno.ENOENT, "no parent directory", path)
+        fd = _safe_files.open_at(parent, os.path.basename(path), os.O_WRONLY, display=path)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
     def reopen_if_moved(self):
         if self.fd is None:
             return
         try:
-            stat = os.stat(self.path)
+            stat = self._lstat(self.name)
         except FileNotFoundError:
             self.reopen()
             return
@@ -209,29 +254,23 @@ class LogSink(object):
         if self.fd is not None:
             fd, self.fd = self.fd, None
             os.close(fd)
+        if self.dir_fd is not None:
+            fd, self.dir_fd = self.dir_fd, None
+            os.close(fd)
 
 
-def write_json_atomically(path, document):
-    temporary = "%s.tmp.%d" % (path, os.getpid())
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, json.dumps(document, sort_keys=True, separators=(",", ":")).encode("ascii") + b"\n")
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
+def write_json_atomically(path, document, mode=0o640):
+    """Write then rename inside the file's directory (opened once; the temporary file is
+    created O_EXCL|O_NOFOLLOW, so a planted symlink is never written through)."""
+    data = json.dumps(document, sort_keys=True, separators=(",", ":")).encode("ascii") + b"\n"
+    _safe_files.write_atomic_in(os.path.dirname(path), os.path.basename(path), data, mode)
 
 
 def write_text_atomically(path, text):
-    """Write then rename: node_exporter's textfile collector must never read half a file."""
-    temporary = "%s.tmp.%d" % (path, os.getpid())
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        # Readable by node_exporter's own user whatever the agent's umask (0027).
-        os.fchmod(fd, 0o644)
-        os.write(fd, text.encode("utf-8"))
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
+    """Write then rename: node_exporter's textfile collector must never read half a file.
+    0644: readable by node_exporter's own user whatever the agent's umask (0027)."""
+    _safe_files.write_atomic_in(os.path.dirname(path), os.path.basename(path), text.encode("utf-8"), 0o644,
+                                create=False)
 
 
 def _label(value):
@@ -255,6 +294,19 @@ METRICS = (
     ("bpfleet_policy_logging", "gauge", "1 when the agent reads the policy's ring buffer, 0 otherwise."),
     ("bpfleet_packets_total", "counter", "Packets by the filter rule that decided them, per interface."),
     ("bpfleet_bytes_total", "counter", "Bytes by the filter rule that decided them, per interface."),
+    ("bpfleet_health", "gauge",
+     "Health of the policy's logging as the agent sees it (docs/facts.md): 0 healthy, 1 degraded, 2 unhealthy. "
+     "Attachment drift is in the facts only; a stale file means a stuck agent (bpfleet_agent_status_time_seconds)."),
+    ("bpfleet_host_health", "gauge",
+     "Worst bpfleet_health of the host's policies: 0 healthy, 1 degraded, 2 unhealthy."),
+    ("bpfleet_health_problem", "gauge", "A problem of the health model (value 1), by code and severity."),
+    ("bpfleet_health_window_seconds", "gauge", "The window the health model judges loss and errors over."),
+    ("bpfleet_window_records_lost", "gauge",
+     "Header records lost within the health window: where=kernel (ring buffer full), where=agent (not written)."),
+    ("bpfleet_window_records", "gauge",
+     "Header records within the health window: where=kernel offered to the ring buffer, where=agent handled."),
+    ("bpfleet_log_filesystem_avail_bytes", "gauge", "Bytes available to the agent on the file system of the log."),
+    ("bpfleet_log_filesystem_size_bytes", "gauge", "Size of the file system of the log."),
 )
 
 
@@ -289,6 +341,24 @@ def prometheus_text(agent, updated_ns):
         last = _rfc3339_seconds(policy.last_record_time)
         if last is not None:
             samples["bpfleet_last_record_timestamp_seconds"].append((label, "%.3f" % last))
+        health = getattr(agent, "health", {}).get(policy.name)
+        if health is not None:
+            samples["bpfleet_health"].append((label, _health.severity_value(health["status"])))
+            for item in health["problems"]:
+                samples["bpfleet_health_problem"].append(
+                    (label + ',code="%s",severity="%s"' % (_label(item["code"]), _label(item["severity"])), 1))
+            loss = health.get("loss")
+            if loss:
+                if loss["kernel"]["known"]:
+                    samples["bpfleet_window_records_lost"].append((label + ',where="kernel"', loss["kernel"]["lost"]))
+                    samples["bpfleet_window_records"].append((label + ',where="kernel"', loss["kernel"]["offered"]))
+                if loss["user"]["known"]:
+                    samples["bpfleet_window_records_lost"].append((label + ',where="agent"', loss["user"]["lost"]))
+                    samples["bpfleet_window_records"].append((label + ',where="agent"', loss["user"]["handled"]))
+        if getattr(policy, "disk", None):
+            path_label = label + ',path="%s"' % _label(policy.disk["path"])
+            samples["bpfleet_log_filesystem_avail_bytes"].append((path_label, policy.disk["avail_bytes"]))
+            samples["bpfleet_log_filesystem_size_bytes"].append((path_label, policy.disk["size_bytes"]))
         for (ifindex, rule_id), (packets, byte_count) in sorted(policy.rule_counters.items()):
             rule = policy.rules.get(str(rule_id), str(rule_id))
             labels = '%s,iface="%s",rule="%s",action="%s"' % (
@@ -296,6 +366,9 @@ def prometheus_text(agent, updated_ns):
                 _label(policy.rule_actions.get(rule, "unknown")))
             samples["bpfleet_packets_total"].append((labels, packets))
             samples["bpfleet_bytes_total"].append((labels, byte_count))
+    if getattr(agent, "host_health", None) is not None:
+        samples["bpfleet_host_health"].append(("", _health.severity_value(agent.host_health["status"])))
+        samples["bpfleet_health_window_seconds"].append(("", "%g" % agent.health_window))
     out = []
     for name, kind, help_text in METRICS:
         if not samples[name]:
@@ -383,9 +456,16 @@ class Cursor(object):
         self.path = path
         self.fd = None
 
+    def _open(self, flags):
+        # The cursors directory and the cursor are opened without following a link.
+        directory, name = os.path.split(self.path)
+        parent, sub = os.path.split(directory)
+        return _safe_files.open_in(parent, os.path.join(sub, name), flags, 0o640)
+
     def load(self):
         try:
-            with open(self.path, "rb") as cursor_file:
+            fd = self._open(os.O_RDONLY)
+            with os.fdopen(fd, "rb") as cursor_file:
                 document = json.loads(cursor_file.read().decode("ascii").strip() or "null")
         except (OSError, ValueError):
             return None
@@ -393,8 +473,7 @@ class Cursor(object):
 
     def begin(self, map_id, start, end, identity, size_before, size_after):
         if self.fd is None:
-            os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            self.fd = self._open(os.O_RDWR | os.O_CREAT)
         document = json.dumps({"map_id": map_id, "start": start, "end": end, "dev": identity[0],
                                "ino": identity[1], "size_before": size_before, "size_after": size_after},
                               sort_keys=True, separators=(",", ":")).encode("ascii")
@@ -490,11 +569,16 @@ class PolicyLog(object):
         self.rule_counters = {}
         self.last_record_time = None
         self.error = None
+        self.error_at = None            # UNIX time the error last happened (the health window)
+        self.samples = []               # counter history for the health model (Agent.sample)
+        self.disk = None
+        self.stats_map_id = None        # identity of the kernel's counters (a new map restarts them)
+        self.sink_refused = None        # why the host refused log.sink.file (docs/security.md)
 
     def state(self):
         if not self.logging_enabled:
             return "disabled"
-        if self.error:
+        if self.error or self.sink_refused:
             return "error"
         return "running" if self.ring is not None else "waiting"
 
@@ -511,8 +595,17 @@ class PolicyLog(object):
             "records_malformed": self.records_malformed,
             "records_recovered": self.records_recovered,
             "last_record_time": self.last_record_time,
-            "error": self.error,
+            "error": self.sink_refused or self.error,
+            "error_at_unix": self.error_at,
+            "disk": self.disk,
+            "samples": self.samples,
         }
+
+    def sample(self, now, pid):
+        """The counters now, as the health model reads them (_health.window_loss)."""
+        return {"t": round(now, 3), "pid": pid, "map": self.stats_map_id,
+                "emitted": self.records_emitted_kernel, "lost_kernel": self.records_lost_kernel,
+                "written": self.records_written, "lost_user": self.records_lost_user}
 
 
 # --- the worker --------------------------------------------------------------------
@@ -526,11 +619,20 @@ class Agent(object):
         self.poll_interval = options.poll_interval
         self.rescan_interval = options.rescan_interval
         self.status_interval = options.status_interval
+        self.health_window = float(options.health_window)
+        self.health_sample_interval = float(options.health_sample_interval)
+        self.health_limits = _health.thresholds({"window_s": self.health_window,
+                                                 "sample_interval_s": self.health_sample_interval})
+        self.health = {}
+        self.host_health = None
+        self.previous_samples = {}
         self.supervised = options.supervised
         self.status_path = os.path.join(self.run_dir, STATUS_FILE)
         self.textfile_dir = options.textfile_dir
+        self.sink_dirs = _safe_files.normalize_dirs(options.sink_dirs)
         self.syslog = SyslogSink.from_config(options.syslog) if options.syslog else None
         self.failpoints = Failpoints(os.environ.get("BPFLEET_AGENT_FAILPOINT"))
+        self.capabilities = capabilities_now()
         self.policies = {}
         self.interface_names = InterfaceNames()
         self.host = socket.gethostname()
@@ -637,7 +739,7 @@ class Agent(object):
         # but the ring buffer does not say which; they are written with the new one.
         if policy.sink is None or policy.sink.path != path:
             self.close_sink(policy)
-            policy.sink = LogSink(path, max_size, keep)
+            policy.sink = LogSink(path, max_size, keep, self.sink_dirs)
         else:
             policy.sink.max_size, policy.sink.keep = max_size, max(1, int(keep or 1))
         policy.decoder = decoder
@@ -649,6 +751,14 @@ class Agent(object):
             policy.cursor = Cursor(os.path.join(self.run_dir, CURSOR_DIR, policy.key + ".cursor"))
         policy.logging_enabled = True
         policy.error = None
+        policy.sink_refused = None
+        try:
+            # Checked again here, whatever the controller said (docs/security.md); records
+            # are still drained from the ring, and counted lost instead of written.
+            _safe_files.check_path(path, self.sink_dirs)
+        except _safe_files.UnsafePath as error:
+            policy.sink_refused = "log.sink.file %s refused: %s" % (path, error)
+            log.error("policy %s: %s", policy.key, policy.sink_refused)
         log.info("policy %s: log to %s, fields %s", policy.key, path, ",".join(decoder.fields) or "(base only)")
 
     def follow_ring(self, policy):
@@ -703,8 +813,7 @@ class Agent(object):
         elif action == "truncate":
             log.warning("policy %s: %s ends with part of the batch in flight at a crash; cutting it at byte %d "
                         "and writing the batch again", policy.key, found_path, value)
-            with open(found_path, "r+b") as partial:
-                partial.truncate(value)
+            policy.sink.truncate(found_path, value)
         elif action == "reread":
             log.warning("policy %s: the batch in flight at a crash is not in %s; writing it again",
                         policy.key, policy.sink.path)
@@ -713,6 +822,7 @@ class Agent(object):
         if message != policy.error:
             log.warning("policy %s: %s", policy.key, message)
         policy.error = message
+        policy.error_at = round(time.time(), 3)
 
     def close_ring(self, policy):
         if policy.ring is not None:
@@ -833,6 +943,7 @@ class Agent(object):
         try:
             with _bpf_syscall.fd_closing(_bpf_syscall.obj_get(os.path.join(maps_dir, "stats"))) as fd:
                 policy.records_emitted_kernel, policy.records_lost_kernel = read_kernel_counters(fd)
+                policy.stats_map_id = _bpf_syscall.map_info(fd)["id"]
         except (OSError, ValueError):
             pass
         try:
@@ -841,14 +952,58 @@ class Agent(object):
         except (OSError, ValueError):
             policy.rule_counters = {}
 
+    def load_previous_samples(self):
+        """The counter history a previous worker left in the status file, so the health window
+        spans agent restarts (the kernel's counters continue; the worker's restart)."""
+        previous = read_status_file(self.run_dir) or {}
+        for name, entry in (previous.get("policies") or {}).items():
+            if isinstance(entry, dict) and isinstance(entry.get("samples"), list):
+                # The previous worker's last point ("current") is history now.
+                self.previous_samples[name] = [dict((k, v) for k, v in point.items() if k != "current")
+                                               for point in entry["samples"] if isinstance(point, dict)]
+
+    def update_health(self, policy, now):
+        """Add a point to the policy's counter history (every health_sample_interval; the last
+        point is always the current one), then judge the policy with the health model."""
+        if not policy.logging_enabled:
+            policy.samples, policy.disk = [], None
+            self.health.pop(policy.name, None)
+            return
+        if policy.name in self.previous_samples:
+            policy.samples = self.previous_samples.pop(policy.name) + policy.samples
+        current = policy.sample(now, os.getpid())
+        history = policy.samples[:-1] if policy.samples and policy.samples[-1].get("current") else policy.samples
+        if not history or now - history[-1]["t"] >= self.health_sample_interval:
+            history.append(current)
+        keep_from = now - self.health_window - 2 * self.health_sample_interval
+        history = [point for point in history if point["t"] >= keep_from]
+        policy.samples = history + [dict(current, current=True)]
+        policy.disk = None
+        if policy.sink is not None:
+            directory = os.path.dirname(policy.sink.path) or "/"
+            try:
+                vfs = os.statvfs(directory)
+                policy.disk = {"path": directory, "size_bytes": vfs.f_blocks * vfs.f_frsize,
+                               "avail_bytes": vfs.f_bavail * vfs.f_frsize}
+            except OSError:
+                pass
+        self.health[policy.name] = _health.policy_health(
+            policy.name, now, log={"enabled": True, "error": policy.error, "error_at_unix": policy.error_at,
+                                   "samples": policy.samples, "disk": policy.disk},
+            limits=self.health_limits)
+
     def write_status(self):
         updated_ns = time.time_ns()
         policies = {}
         malformed = 0
         for policy in self.policies.values():
             self.read_kernel(policy)
+            self.update_health(policy, updated_ns / 1e9)
             policies[policy.name] = policy.status()
             malformed += policy.records_malformed
+        for name in set(self.health) - set(policies):
+            del self.health[name]
+        self.host_health = _health.host_health(self.health, {"state": "running"}, self.health_limits)
         document = {
             "pid": os.getpid(),
             "supervisor_pid": os.getppid() if self.supervised else None,
@@ -861,6 +1016,9 @@ class Agent(object):
             "updated_at_unix": round(updated_ns / 1e9, 3),
             "records_malformed": malformed,
             "textfile": os.path.join(self.textfile_dir, TEXTFILE_NAME) if self.textfile_dir else None,
+            "health": {"window_s": self.health_window, "sample_interval_s": self.health_sample_interval,
+                       "status": self.host_health["status"], "messages": self.host_health["messages"]},
+            "capabilities": self.capabilities,
             "policies": policies,
         }
         try:
@@ -884,6 +1042,7 @@ class Agent(object):
                       os.path.join(self.run_dir, WORKER_LOCK_FILE))
             return EXIT_LOCKED
         self.install_signal_handlers()
+        self.load_previous_samples()
         log.info("bpfleet-agent %s started (pid %d, state %s, pins %s)",
                  AGENT_VERSION, os.getpid(), self.state_dir, self.pin_root)
         next_rescan = next_status = 0.0
@@ -916,7 +1075,7 @@ class Agent(object):
 def acquire_lock(path, wait_s=0.0):
     """An fd holding an exclusive flock on ``path``, or None when another process
     keeps it longer than ``wait_s``."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -976,13 +1135,21 @@ def redirect_stderr_to(path):
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, mode=0o750, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o640)
     os.dup2(fd, 2)
     os.close(fd)
 
 
+class NoFollowFileHandler(logging.handlers.WatchedFileHandler):
+    """WatchedFileHandler that never opens its file through a symlink."""
+
+    def _open(self):
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+        return os.fdopen(fd, "a", encoding=self.encoding or "utf-8", errors=self.errors)
+
+
 def setup_logging(agent_log):
-    handler = (logging.handlers.WatchedFileHandler(agent_log) if agent_log
+    handler = (NoFollowFileHandler(agent_log) if agent_log
                else logging.StreamHandler(sys.stderr))
     handler.setFormatter(logging.Formatter("%(asctime)s bpfleet-agent[%(process)d] %(levelname)s %(message)s"))
     root = logging.getLogger()
@@ -999,13 +1166,17 @@ def _set_parent_death_signal():
 
 def path_options(options):
     extra = ["--config", options.config] if options.config else []
+    for directory in options.sink_dirs or ():
+        extra += ["--sink-dir", directory]
     if options.textfile_dir:
         extra += ["--textfile-dir", options.textfile_dir]
     return extra + ["--state-dir", options.state_dir, "--pin-root", options.pin_root,
                     "--run-dir", options.run_dir,
                     "--poll-interval", str(options.poll_interval),
                     "--rescan-interval", str(options.rescan_interval),
-                    "--status-interval", str(options.status_interval)]
+                    "--status-interval", str(options.status_interval),
+                    "--health-window", str(options.health_window),
+                    "--health-sample-interval", str(options.health_sample_interval)]
 
 
 # --- daemon mode -----------------------------------------------------------------------
@@ -1048,7 +1219,8 @@ class Supervisor(object):
     def spawn_worker(self):
         command = [sys.executable, AGENT_PATH, "run", "--supervised", "--agent-log", self.agent_log]
         command += path_options(self.options)
-        log_fd = os.open(self.agent_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        log_fd = os.open(self.agent_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                         0o640)
         try:
             self.worker = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
                                            close_fds=True, cwd="/", preexec_fn=_set_parent_death_signal)
@@ -1069,6 +1241,7 @@ class Supervisor(object):
         return self.worker.poll() is None
 
     def run(self):
+        drop_privileges(self.options, "supervisor")
         pid_fd = acquire_lock(self.pid_path)
         if pid_fd is None:
             self.report("running %s" % (read_pid(self.pid_path) or "?"))
@@ -1272,11 +1445,32 @@ def command_status(options):
     return 0 if running else EXIT_NOT_RUNNING
 
 
+def capabilities_now():
+    sets = _privdrop.capability_sets()
+    return {"effective": _privdrop.describe(sets.get("CapEff", 0)),
+            "bounding": _privdrop.describe(sets.get("CapBnd", 0))} if sets else None
+
+
+def drop_privileges(options, who):
+    """Keep only CAP_BPF (CAP_SYS_ADMIN before Linux 5.8), in both service modes
+    (_privdrop.py, docs/security.md). A failure is logged, not fatal: logging must go on."""
+    if not options.drop_capabilities or os.geteuid() != 0:
+        return
+    try:
+        sets = _privdrop.drop()
+    except (OSError, AttributeError) as error:
+        log.warning("%s: could not drop capabilities: %s", who, error)
+        return
+    log.info("%s: capabilities now %s (bounding %s)", who, ",".join(_privdrop.describe(sets.get("CapEff", 0))),
+             ",".join(_privdrop.describe(sets.get("CapBnd", 0))))
+
+
 def command_run(options):
     os.umask(0o027)
     if options.agent_log:
         redirect_stderr_to(options.agent_log)
     setup_logging(options.agent_log)
+    drop_privileges(options, "worker")
     return Agent(options).run()
 
 
@@ -1291,6 +1485,12 @@ CONFIG_DEFAULTS = {
     "status_interval": 1.0,
     "textfile_dir": None,
     "syslog": None,
+    "health_window": _health.DEFAULTS["window_s"],
+    "health_sample_interval": _health.DEFAULTS["sample_interval_s"],
+    # Directories a policy's log.sink.file may lie under (default /var/log/bpfleet).
+    "sink_dirs": None,
+    # Keep only CAP_BPF after start (docs/security.md); false keeps what the agent was started with.
+    "drop_capabilities": True,
 }
 
 
@@ -1334,8 +1534,14 @@ def parse_arguments(argv):
                         help="seconds between scans of the state directory (2)")
     parser.add_argument("--status-interval", type=float,
                         help="seconds between status and metrics file writes (1)")
+    parser.add_argument("--health-window", type=float,
+                        help="seconds over which the health model judges record loss and errors (300)")
+    parser.add_argument("--health-sample-interval", type=float,
+                        help="seconds between the points of counter history kept for it (10)")
     parser.add_argument("--textfile-dir",
                         help="write bpfleet.prom there for node_exporter's textfile collector (off by default)")
+    parser.add_argument("--sink-dir", dest="sink_dirs", action="append",
+                        help="a directory policies' log files may lie under (repeatable; default /var/log/bpfleet)")
     parser.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     config = load_config(options.config or DEFAULT_CONFIG, required=options.config is not None)

@@ -35,6 +35,9 @@
 #define LOG_SAMPLE_EVERY 1
 #define LOG_MATCH_RULES 0
 #define HTTP_CAPTURE 0
+/* Header rewrites (policy `rewrite`, docs/rewrite.md), at tc. */
+#define REWRITE_INGRESS_RULES 0
+#define REWRITE_EGRESS_RULES 0
 #define HTTP_REQUESTS_ONLY 0
 #define RINGBUF_BYTES (4194304)
 /* Records are submitted without a wakeup and the agent polls on a short timer: a wakeup per
@@ -53,28 +56,38 @@
 #define RATE_BUCKETS_MAX 131072
 #define EVENTS_MAX 4194304
 
-/* Header record shared by the kernel programs and bpfleet-agent.
- * The layout is a contract (docs/architecture.md): change BPFLEET_RECORD_VERSION with it. */
-#define BPFLEET_RECORD_VERSION 1
-
+/* The kernel/user-space contract, written from plugins/module_utils/_contract.py (which the
+ * host modules, the facts and bpfleet-agent import): rule ids, actions, directions, record
+ * flags and the slots of the stats array. */
+#define BPFLEET_RECORD_VERSION 1 /* record layout version */
 #define DIR_INGRESS 0
 #define DIR_EGRESS 1
-
 #define ACTION_PASS 0
 #define ACTION_DROP 1
 #define ACTION_RATE_LIMITED 2
-
-/* Rule ids; names travel to user space in state.json. Port rules are 16 + their index in
- * filter.ports, rate limits 128 + their index in filter.rate_limit. */
 #define RULE_DEFAULT 0
 #define RULE_DENY 1
 #define RULE_ALLOW 2
 #define RULE_NONE 0xffff /* egress: no filter rule applies */
-
-/* Record flags: what the payload after the record is (docs/logging-http.md). */
 #define PAYLOAD_TRUNCATED 0x01 /* the end of the request headers is not in the payload */
-#define PAYLOAD_REDACTED 0x02  /* the kernel scanned the payload and blanked sensitive values */
-#define PAYLOAD_CUT 0x04       /* the segment had more bytes than HTTP_MAX_BYTES */
+#define PAYLOAD_REDACTED 0x02 /* the kernel blanked sensitive values */
+#define PAYLOAD_CUT 0x04 /* the segment had more bytes than HTTP_MAX_BYTES */
+#define STAT_XDP_SEEN 0
+#define STAT_XDP_PASSED 1
+#define STAT_XDP_DROPPED 2
+#define STAT_RECORDS_EMITTED 3
+#define STAT_RECORDS_LOST 4
+#define STAT_TC_INGRESS_SEEN 5
+#define STAT_TC_EGRESS_SEEN 6
+#define STAT_XDP_RATE_LIMITED 7
+#define STAT_TC_EGRESS_DROPPED 8
+#define STAT_SLOTS 16 /* size of the stats array */
+
+/* Header record shared by the kernel programs and bpfleet-agent.
+ * The layout is a contract (docs/architecture.md, _contract.RECORD_FORMAT): change
+ * BPFLEET_RECORD_VERSION (_contract.RECORD_VERSION) with it. The #defines of the contract
+ * (rule ids, actions, directions, flags, stats slots) come before this file, written from
+ * plugins/module_utils/_contract.py by the renderer. */
 
 struct bpfleet_record {
     u64 ts_boot_ns;
@@ -98,22 +111,11 @@ struct bpfleet_record {
     u16 payload_len;
     u8 flags;
     u8 version;
-    u8 _pad[8];
+    u16 rewrite; /* rule id of the rewrite applied after the record was taken; 0: none */
+    u8 _pad[6];
 };
 
 _Static_assert(sizeof(struct bpfleet_record) == 88, "record layout is a user-space contract");
-
-/* Slots of the `stats` per-CPU array. */
-#define STAT_XDP_SEEN 0
-#define STAT_XDP_PASSED 1
-#define STAT_XDP_DROPPED 2
-#define STAT_RECORDS_EMITTED 3
-#define STAT_RECORDS_LOST 4
-#define STAT_TC_INGRESS_SEEN 5
-#define STAT_TC_EGRESS_SEEN 6
-#define STAT_XDP_RATE_LIMITED 7
-#define STAT_TC_EGRESS_DROPPED 8
-#define STAT_SLOTS 16
 
 struct counter {
     u64 packets;
@@ -163,6 +165,8 @@ struct packet_info {
     u8 dst_ip[16];
     u8 src_mac[6];
     u8 dst_mac[6];
+    u16 rewrite;    /* id of the first rewrite rule that matched (tc only); 0 when none */
+    u16 l3_offset;  /* from the start of the frame to the IP header; 0 for a non-IP frame */
     u16 l4_offset;  /* from the start of the frame; 0 when there is no L4 header */
     u16 l3_end;     /* where the IP packet ends by its own length field; 0 when it does not say */
 };
@@ -220,6 +224,7 @@ static __always_inline int parse_packet(void *data, void *data_end, struct packe
         cursor = vlan + 1;
     }
     pkt->eth_proto = proto;
+    pkt->l3_offset = (u8 *)cursor - (u8 *)data;
 
     if (proto == ETH_P_IP_BE) {
         struct iphdr *ip = cursor;
@@ -528,6 +533,7 @@ static __always_inline void fill_record(struct bpfleet_record *rec, struct packe
     rec->action = v->action;
     rec->rule = v->rule;
     rec->vlan = pkt->vlan;
+    rec->rewrite = pkt->rewrite;
     rec->eth_proto = bpf_ntohs(pkt->eth_proto);
     __builtin_memcpy(rec->src_mac, pkt->src_mac, 6);
     __builtin_memcpy(rec->dst_mac, pkt->dst_mac, 6);
@@ -630,6 +636,41 @@ static __always_inline int verdict_from_xdp(struct __sk_buff *skb, struct verdic
 
 #endif
 
+#if REWRITE_INGRESS_RULES || REWRITE_EGRESS_RULES
+/* Sets the DSCP and keeps the ECN bits. IPv4: the TOS byte, with the header checksum updated
+ * incrementally over the 16-bit word that holds it. IPv6: the traffic class, split across the
+ * first two bytes; IPv6 has no header checksum and the transport checksums do not cover it. */
+static __always_inline void set_dscp(struct __sk_buff *skb, struct packet_info *pkt, u8 dscp)
+{
+    u32 off = pkt->l3_offset;
+    u8 head[2];
+    if (!off || bpf_skb_load_bytes(skb, off, head, 2) < 0)
+        return;
+    u8 old[2] = {head[0], head[1]};
+    if (pkt->ip_ver == 4) {
+        head[1] = (u8)((dscp << 2) | (head[1] & 0x03));
+        if (head[1] == old[1])
+            return;
+        u16 from, to;
+        __builtin_memcpy(&from, old, 2);
+        __builtin_memcpy(&to, head, 2);
+        if (bpf_l3_csum_replace(skb, off + 10, from, to, 2) < 0)
+            return;
+    } else if (pkt->ip_ver == 6) {
+        u8 tclass = (u8)(((head[0] & 0x0f) << 4) | (head[1] >> 4));
+        tclass = (u8)((dscp << 2) | (tclass & 0x03));
+        head[0] = (u8)((head[0] & 0xf0) | (tclass >> 4));
+        head[1] = (u8)(((tclass & 0x0f) << 4) | (head[1] & 0x0f));
+        if (head[0] == old[0] && head[1] == old[1])
+            return;
+    } else {
+        return;
+    }
+    bpf_skb_store_bytes(skb, off, head, 2, 0);
+}
+#endif
+
+
 int bpfleet_xdp(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data;
@@ -675,7 +716,7 @@ int bpfleet_xdp(struct xdp_md *ctx)
     return XDP_DROP;
 }
 
-#if LOG_INGRESS || LOG_EGRESS || FILTER_EGRESS
+#if LOG_INGRESS || LOG_EGRESS || FILTER_EGRESS || REWRITE_INGRESS_RULES || REWRITE_EGRESS_RULES
 /* A NIC (or a veth behind a bridge) with VLAN offload strips the 802.1Q tag from the frame
  * into the skb's metadata: XDP then sees an untagged frame, tc can still read the tag. */
 static __always_inline void vlan_from_skb(struct __sk_buff *skb, struct packet_info *pkt)
@@ -704,10 +745,15 @@ static __always_inline void emit_skb_record(struct __sk_buff *skb, struct packet
 }
 #endif
 
-#if LOG_INGRESS
+#if LOG_INGRESS || REWRITE_INGRESS_RULES
 /* Runs at tc ingress, after XDP: what it sees has passed the filter. The rule that let the
  * packet through comes from XDP's metadata, or, where the driver keeps none, from the
- * classification repeated (lookups only, no tokens taken). */
+ * classification repeated (lookups only, no tokens taken). Rewrites come first; the record
+ * keeps the header fields as parsed before them and names the rewrite. They run before the
+ * HTTP capture, not after it: placed after, the verifier walked them once for every state
+ * the scanner leaves and refused such programs as too complex (E2BIG). Rewrites are here
+ * and not in XDP because a NIC or veth with VLAN offload has already moved the tag out of the
+ * frame before XDP runs; tc sees it either way. */
 int bpfleet_ingress(struct __sk_buff *skb)
 {
     void *data = (void *)(long)skb->data;
@@ -718,19 +764,27 @@ int bpfleet_ingress(struct __sk_buff *skb)
     if (parse_packet(data, data_end, &pkt) != 0)
         return TC_ACT_OK;
     vlan_from_skb(skb, &pkt);
+#if REWRITE_INGRESS_RULES
+    u16 rewrite = rewrite_ingress(skb, &pkt);
+    if (rewrite != RULE_NONE)
+        pkt.rewrite = rewrite;
+#endif
+#if LOG_INGRESS
     struct verdict v;
     if (!verdict_from_xdp(skb, &v))
         classify(&pkt, &v);
-    if (v.log_rule != RULE_NONE)
-        return TC_ACT_OK; /* XDP already wrote its record */
-    v.action = ACTION_PASS;
-    emit_skb_record(skb, &pkt, DIR_INGRESS, &v);
+    if (v.log_rule == RULE_NONE) { /* else XDP already wrote its record */
+        v.action = ACTION_PASS;
+        emit_skb_record(skb, &pkt, DIR_INGRESS, &v);
+    }
+#endif
     return TC_ACT_OK;
 }
 #endif
 
-#if LOG_EGRESS || FILTER_EGRESS
-/* Runs at tc egress: egress port rules, then the record of what leaves. */
+#if LOG_EGRESS || FILTER_EGRESS || REWRITE_EGRESS_RULES
+/* Runs at tc egress: egress port rules, the rewrites of what passes, then the record of what
+ * leaves (header fields as parsed before the rewrite, and the rewrite's name). */
 int bpfleet_egress(struct __sk_buff *skb)
 {
     void *data = (void *)(long)skb->data;
@@ -757,6 +811,12 @@ int bpfleet_egress(struct __sk_buff *skb)
 #endif
         return TC_ACT_SHOT;
     }
+#endif
+#if REWRITE_EGRESS_RULES
+    /* Only what passes is rewritten (a `log` port rule's record above shows it unchanged). */
+    u16 rewrite = rewrite_egress(skb, &pkt);
+    if (rewrite != RULE_NONE)
+        pkt.rewrite = rewrite;
 #endif
 #if LOG_EGRESS
     if (v.log_rule == RULE_NONE)

@@ -63,7 +63,7 @@ def test_cursor_round_trip_fixed_size(agent, tmp_path):
 
 def test_rotation_keeps_n_files_and_finds_the_moved_file_by_inode(agent, tmp_path):
     path = str(tmp_path / "log" / "h.jsonl")
-    sink = agent.LogSink(path, max_size=100, keep=2)
+    sink = agent.LogSink(path, max_size=100, keep=2, allowed_dirs=[str(tmp_path)])
     sink.write(b"a" * 60 + b"\n")
     first = sink.identity
     sink.write(b"b" * 60 + b"\n")           # >= 100 bytes: rotated

@@ -2,8 +2,11 @@
 
 import copy
 import datetime
+import json
+from pathlib import Path
 
 import pytest
+import yaml
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.bpfleet.core.plugins.filter import policy_validate as plugin
@@ -75,6 +78,23 @@ def test_valid_policy_returns_name_digests_and_map_sizes():
         "maps": {"deny_v4": 1, "deny_v6": 1, "allow_v4": 1, "allow_v6": 0},
     }
     assert result["source_digest"].startswith("sha256:")
+
+
+REPO = Path(__file__).resolve().parents[4]
+GOLDEN_DIR = REPO / "tests" / "unit" / "golden"
+REPO_POLICIES = sorted((REPO / "playbooks" / "policies").glob("*.yml"))
+
+
+@pytest.mark.parametrize("path", REPO_POLICIES, ids=lambda path: path.name)
+def test_digests_of_the_repository_policies_are_the_golden_ones(path):
+    """The expected digests come from tests/unit/golden (reviewed, committed), not from
+    rendering again in this process: a change of the digest computation shows up here."""
+    golden = json.loads((GOLDEN_DIR / (path.stem + ".digests.json")).read_text())
+    result = plugin.policy_validate(str(path))
+    assert result["valid"] is True, result["problems"]
+    assert result["name"] == yaml.safe_load(path.read_text())["name"]
+    assert {"source_digest": result["source_digest"], "maps_digest": result["maps_digest"]} == golden
+    assert plugin.policy_render(str(path)) == (GOLDEN_DIR / (path.stem + ".c")).read_text()
 
 
 def test_input_is_not_modified():

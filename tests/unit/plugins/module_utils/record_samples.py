@@ -41,6 +41,7 @@ def make_record(**fields):
         "payload_len": 0,
         "flags": 0,
         "version": 1,
+        "rewrite": 0,
     }
     payload = fields.pop("payload", b"")
     unknown = set(fields) - set(values)

@@ -112,7 +112,7 @@ def test_values_become_json_strings_on_one_line():
 def test_the_decoder_writes_http_from_a_record_payload():
     payload = b"GET /a?token=x HTTP/1.1\r\nHost: h\r\nAuthorization: ******\r\n\r"
     raw = _records.RECORD.pack(5, 2, 200, 0, 0, 0, 0, 0x0800, b"\0" * 6, b"\0" * 6, 4, 6, 64, 0x18, 40000, 80,
-                               b"\0" * 16, b"\0" * 16, len(payload), _records.PAYLOAD_REDACTED, 1) + payload
+                               b"\0" * 16, b"\0" * 16, len(payload), _records.PAYLOAD_REDACTED, 1, 0) + payload
     config = {"ports": [80], "headers": ["host"], "redact": [], "redact_containing": [], "max_bytes": 512}
     decoder = _records.RecordDecoder(["dst_port", "http"], "h1", http=config)
     record = decoder.decode(raw, 0)
@@ -303,7 +303,7 @@ def test_the_parser_never_raises_and_the_kernel_model_agrees(payload, truncated)
 @given(st.binary(max_size=300), st.integers(0, 255), st.integers(0, 600))
 def test_the_decoder_survives_any_record_with_a_payload(payload, flags, claimed):
     header = _records.RECORD.pack(1, 2, 3, 0, 0, 0, 0, 0x0800, b"\0" * 6, b"\0" * 6, 4, 6, 64, 0, 1, 80,
-                                  b"\0" * 16, b"\0" * 16, claimed, flags, 1)
+                                  b"\0" * 16, b"\0" * 16, claimed, flags, 1, 0)
     decoder = _records.RecordDecoder(["http", "dst_port"], "h", http={"headers": ["host"]})
     result = decoder.decode_batch([header + payload], 0)
     assert len(result.records) + result.malformed == 1

@@ -1,10 +1,13 @@
 """Big-list plumbing without a kernel: prefix parsing, packing, deltas and live-edit overlays."""
 
+import ast
 import errno
+import importlib
 import ipaddress
 import os
 import random
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -283,11 +286,40 @@ def test_upserts_keep_address_order_for_the_kernel_and_the_sample():
     assert [_maps.decode_lpm_key(k) for k in merged] == ["9.0.0.0/8", "10.0.0.0/8", "11.0.0.0/8", "12.0.0.0/8"]
 
 
+PLUGINS = Path(__file__).resolve().parents[4] / "plugins"
+
+
+def module_utils_references():
+    """(file:line, module_utils module, attribute) for every `alias.name` in plugins/ where
+    alias is a module imported from plugins.module_utils (`from ...module_utils import _maps as maps`)."""
+    found = []
+    for path in sorted(PLUGINS.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        aliases = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("plugins.module_utils"):
+                for alias in node.names:
+                    aliases[alias.asname or alias.name] = alias.name
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+                where = "%s:%d" % (path.relative_to(PLUGINS.parent), node.lineno)
+                found.append((where, aliases[node.value.id], node.attr))
+    return found
+
+
 def test_the_host_modules_find_every_helper_they_call():
-    """A renamed or lost helper fails here, not on a host in the middle of a rollout."""
-    for name in ("apply_delta", "delta", "live_keys", "live_entries", "write_order", "sample_texts",
-                 "describe_delta", "open_pinned", "decode_lpm_key"):
-        assert callable(getattr(_maps, name)), name
+    """A renamed or lost helper fails here, not on a host in the middle of a rollout: every
+    `_maps.x` (or `maps.x`, any module_utils module under any alias) that plugins/ uses exists."""
+    references = module_utils_references()
+    used_from_maps = {name for _where, module, name in references if module == "_maps"}
+    # The list plumbing the policy, blocklist and facts code calls (not a vacuous pass).
+    assert {"apply_delta", "delta", "describe_delta", "sample_texts"} <= used_from_maps, sorted(used_from_maps)
+    missing = []
+    for where, module, name in references:
+        loaded = importlib.import_module("ansible_collections.bpfleet.core.plugins.module_utils." + module)
+        if not hasattr(loaded, name):
+            missing.append("%s: %s.%s" % (where, module, name))
+    assert not missing, "plugins/ calls helpers that do not exist:\n" + "\n".join(missing)
 
 
 def test_a_full_trie_takes_a_different_list_of_its_own_size():

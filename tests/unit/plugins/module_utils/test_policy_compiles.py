@@ -22,7 +22,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from test_policy_properties import read_list_file, valid_policies
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _policy
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract, _policy
 from ansible_collections.bpfleet.core.plugins.plugin_utils import _render
 
 REPO = Path(__file__).resolve().parents[4]
@@ -138,7 +138,7 @@ def prepare(label, raw, read_file, name):
 
 def compile_all(examples, workdir):
     """Compile and load every example in one helper process; returns (results, process, seconds)."""
-    config = {"collections": str(COLLECTIONS), "pin_root": _render.PIN_ROOT, "suffix": PIN_SUFFIX,
+    config = {"collections": str(COLLECTIONS), "pin_root": _contract.PIN_ROOT, "suffix": PIN_SUFFIX,
               "examples": [{key: example[key] for key in ("name", "source", "programs", "maps")}
                            for example in examples]}
     config_path, results_path, helper_path = workdir / "config.json", workdir / "results.json", workdir / "h.py"

@@ -52,7 +52,7 @@ SIZE_FACTORS = {"": 1, "k": 1 << 10, "K": 1 << 10, "m": 1 << 20, "M": 1 << 20, "
 SIZE_MIN = 4096
 KEEP_MAX = _policy.MAX_SINK_KEEP
 SAFE_KEY_CHARS = string.ascii_letters + string.digits + "_-"
-TOP_KEYS = ("name", "interfaces", "xdp_mode", "filter", "log")
+TOP_KEYS = ("name", "interfaces", "xdp_mode", "filter", "rewrite", "log")
 
 # Fields the strategies generate (paths as in problem messages, list items as []).
 GENERATED_FIELDS = {
@@ -71,6 +71,9 @@ GENERATED_FIELDS = {
     "log.http", "log.http.ports", "log.http.ports[]", "log.http.headers", "log.http.headers[]", "log.http.redact",
     "log.http.redact[]", "log.http.redact_containing", "log.http.redact_containing[]", "log.http.max_bytes",
     "log.http.requests_only",
+    "rewrite", "rewrite[]", "rewrite[].name", "rewrite[].direction", "rewrite[].match", "rewrite[].match.src",
+    "rewrite[].match.dst", "rewrite[].match.proto", "rewrite[].match.src_port", "rewrite[].match.dst_port",
+    "rewrite[].vlan", "rewrite[].vlan.push", "rewrite[].vlan.pcp", "rewrite[].dscp", "rewrite[].comment",
 }
 # RFC 9110 tchar: what a header name may be made of.
 TOKEN_CHARS = "!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits
@@ -81,6 +84,9 @@ interface_names = st.text(IFACE_CHARS, min_size=1, max_size=15).filter(
     lambda n: n not in ("lo", ".", "..", _policy.ALL_INTERFACES))
 absolute_paths = st.lists(st.text(string.ascii_letters + string.digits + "._-", min_size=1, max_size=12),
                           min_size=1, max_size=4).map(lambda parts: "/" + "/".join(parts))
+# A log file lies beneath /var/log/bpfleet (the default allowed directory), no '.' or '..'.
+sink_paths = absolute_paths.filter(lambda p: not any(part in (".", "..") for part in p.split("/"))).map(
+    lambda p: "/var/log/bpfleet" + p)
 comments = st.one_of(st.none(), st.text(max_size=30))
 
 LIST_FILES = {}
@@ -251,7 +257,7 @@ def logs(draw):
     if draw(st.booleans()):
         sink = {}
         if draw(st.booleans()):
-            sink["file"] = draw(absolute_paths)
+            sink["file"] = draw(sink_paths)
         if draw(st.booleans()):
             sink["max_size"] = draw(sizes())
         if draw(st.booleans()):
@@ -302,6 +308,44 @@ def http_settings(draw):
 
 
 @st.composite
+def rewrites(draw):
+    """Rewrite rules that never conflict: each matches its own destination 10.N.0.0/16 (or
+    2001:db8:N::/48), so no two overlap. Names start with "rw." so they never meet the filter's."""
+    count = draw(st.integers(0, 3))
+    blocks = draw(st.lists(st.integers(0, 255), min_size=count, max_size=count, unique=True))
+    rules = []
+    for index, block in enumerate(blocks):
+        direction = draw(st.sampled_from(_policy._rewrite.REWRITE_DIRECTIONS))
+        six = draw(st.booleans())
+        match = {"dst": "2001:db8:%x::/48" % block if six else "10.%d.0.0/16" % block}
+        if draw(st.booleans()):
+            match["proto"] = draw(st.sampled_from(("tcp", "udp", "any")))
+            if draw(st.booleans()):
+                match["dst_port"] = draw(st.integers(1, 65535))
+            if draw(st.booleans()):
+                match["src_port"] = "%d-%d" % (1024, draw(st.integers(1024, 65535)))
+        if draw(st.booleans()):
+            match["src"] = "2001:db8:ffff::/64" if six else "192.0.2.0/24"
+        rule = {"direction": direction, "match": match}
+        change = draw(st.sampled_from(("dscp", "vlan", "both")))
+        if change in ("dscp", "both"):
+            rule["dscp"] = draw(st.one_of(st.integers(0, 63), st.sampled_from(sorted(_policy._rewrite.DSCP_NAMES))))
+        if change in ("vlan", "both"):
+            if direction == "egress" and draw(st.booleans()):
+                rule["vlan"] = {"push": draw(st.integers(1, 4094))}
+                if draw(st.booleans()):
+                    rule["vlan"]["pcp"] = draw(st.integers(0, 7))
+            else:
+                rule["vlan"] = "strip"
+        if draw(st.booleans()):
+            rule["name"] = "rw.%d" % index
+        if draw(st.booleans()):
+            rule["comment"] = draw(st.text(max_size=20))
+        rules.append(rule)
+    return rules
+
+
+@st.composite
 def valid_policies(draw):
     raw = {"name": draw(names)}
     if draw(st.integers(0, 9)) == 0:
@@ -316,6 +360,8 @@ def valid_policies(draw):
     log_enabled = isinstance(raw.get("log"), dict) and raw["log"].get("enabled", True)
     if choices["filter"] != "absent":
         raw["filter"] = None if choices["filter"] == "null" else draw(filters(log_enabled))
+    if draw(st.booleans()):
+        raw["rewrite"] = draw(rewrites())
     return raw
 
 
@@ -533,6 +579,8 @@ bad_files = st.one_of(
     st.text(max_size=30).filter(lambda s: not s.startswith("/")),
     absolute_paths.map(lambda p: p + "/"),
     st.tuples(absolute_paths, st.characters(max_codepoint=31), absolute_paths).map("".join),
+    absolute_paths.filter(lambda p: not p.startswith("/var/log/bpfleet/")),
+    sink_paths.map(lambda p: p.replace("/var/log/bpfleet/", "/var/log/bpfleet/../../etc/", 1)),
     st.integers(), st.booleans(), st.none(), st.lists(absolute_paths, max_size=2), poison,
 )
 
@@ -565,6 +613,9 @@ WRONG_VALUES = {
                                    st.just([{"proto": "tcp", "action": "drop"}] * (_policy.MAX_PORT_RULES + 1))),
     ("filter", "rate_limit"): st.one_of(not_a_list, st.lists(st.text(max_size=5), min_size=1, max_size=2),
                                         st.just([{"per_source": 5}] * (_policy.MAX_RATE_LIMITS + 1))),
+    ("rewrite",): st.one_of(not_a_list, st.lists(st.integers(), min_size=1, max_size=2),
+                            st.just([{"direction": "egress", "dscp": "ef"}]
+                                    * (_policy._rewrite.MAX_REWRITE_RULES + 1))),
     ("log",): st.one_of(st.text(max_size=10), others, poison),
     ("log", "enabled"): st.one_of(st.text(max_size=5), st.integers(), st.lists(st.booleans(), max_size=2), poison),
     ("log", "fields"): st.one_of(
@@ -1043,11 +1094,15 @@ FULL = {
                           "comment": "c"}],
                "rate_limit": [{"name": "web", "match": {"proto": "tcp", "port": "80-81"}, "per_source": "100/s",
                                "burst": 200, "comment": "c"}]},
+    "rewrite": [{"name": "voice", "direction": "egress", "match": {"src": "10.0.0.0/8", "dst": "10.20.0.0/16",
+                                                                    "proto": "udp", "src_port": 5060,
+                                                                    "dst_port": "5060-5080"},
+                 "vlan": {"push": 120, "pcp": 3}, "dscp": "ef", "comment": "c"}],
     "log": {"enabled": True, "fields": ["src_ip"], "directions": ["ingress"], "sample": "1/1",
             "match": [{"proto": "tcp", "port": 80, "src_port": "1024-65535", "dst_port": 80}],
             "http": {"ports": [80], "headers": ["host"], "redact": ["x-session"], "redact_containing": ["auth"],
                      "max_bytes": 512},
-            "sink": {"file": "/x", "max_size": "1M", "keep": 3}},
+            "sink": {"file": "/var/log/bpfleet/x", "max_size": "1M", "keep": 3}},
 }
 POISON_SAMPLES = (1.5, float("nan"), float("inf"), [1.5], {"zz_junk": 1}, [{"zz_junk": 1}])
 TYPE_SAMPLES = (None, True, False, 0, 1, -1, 2 ** 64, "", "text", "1/1", "all", [], [1], [None], [[]], {},

@@ -65,23 +65,25 @@ def test_layout_matches_hand_laid_offsets_of_the_c_struct():
     struct.pack_into("<H", raw, 76, 0)                # payload_len
     raw[78] = 0                                       # flags
     raw[79] = 1                                       # version
+    struct.pack_into("<H", raw, 80, 2)                # rewrite (a rule id: named like rules)
     record = decode_one(bytes(raw))
     assert record == {
         "ts": "2026-11-23T17:00:00.000000000Z", "host": "h1", "iface": "eth1", "dir": "egress",
         "action": "rate_limited", "rule": "allow", "src_mac": "aa:bb:cc:dd:ee:ff",
         "dst_mac": "11:22:33:44:55:66", "vlan": 100, "ip_ver": 6, "src_ip": "2001:db8::1",
         "dst_ip": "2001:db8:bad::2", "ttl": 255, "len": 1514, "proto": "udp", "src_port": 5353,
-        "dst_port": 53, "tcp_flags": None,
+        "dst_port": 53, "tcp_flags": None, "rewrite": "allow",
     }
 
 
-@pytest.mark.skipif(not shutil.which("cc"), reason="no C compiler to check bpf/include/bpfleet_record.h")
+@pytest.mark.skipif(not shutil.which("cc"),
+                    reason="no C compiler to check bpf/include/bpfleet_record.h (scripts/bootstrap.sh installs gcc)")
 def test_python_layout_matches_the_kernel_header(tmp_path):
     """The struct in bpf/include/bpfleet_record.h (what the kernel writes) has the offsets
     RECORD decodes: compile it with the host compiler and compare field by field."""
     fields = ["ts_boot_ns", "ifindex", "pkt_len", "dir", "action", "rule", "vlan", "eth_proto", "src_mac",
               "dst_mac", "ip_ver", "proto", "ttl", "tcp_flags", "src_port", "dst_port", "src_ip", "dst_ip",
-              "payload_len", "flags", "version"]
+              "payload_len", "flags", "version", "rewrite"]
     program = tmp_path / "offsets.c"
     program.write_text(
         "#include <stdio.h>\n#include <stddef.h>\n#include <stdint.h>\n"
@@ -93,17 +95,17 @@ def test_python_layout_matches_the_kernel_header(tmp_path):
     subprocess.run(["cc", "-o", str(binary), str(program)], check=True)
     c_offsets = [int(line) for line in subprocess.run([str(binary)], check=True, capture_output=True,
                                                       text=True).stdout.split()]
-    # Offsets of RECORD's format, member by member ("8x" padding at the end excluded).
+    # Offsets of RECORD's format, member by member ("6x" padding at the end excluded).
     python_offsets = []
     offset = 0
     for code in ["Q", "I", "I", "B", "B", "H", "H", "H", "6s", "6s", "B", "B", "B", "B", "H", "H", "16s", "16s",
-                 "H", "B", "B"]:
+                 "H", "B", "B", "H"]:
         python_offsets.append(offset)
         offset += struct.calcsize("<" + code)
     assert c_offsets == python_offsets + [_records.RECORD_SIZE]
     assert _records.RECORD.format == "<" + "".join(
         ["Q", "I", "I", "B", "B", "H", "H", "H", "6s", "6s", "B", "B", "B", "B", "H", "H", "16s", "16s", "H",
-         "B", "B", "8x"])
+         "B", "B", "H", "6x"])
 
 
 # --- every field ------------------------------------------------------------------------
@@ -130,6 +132,7 @@ def test_ipv4_tcp_record_every_field_in_order():
         "src_port": 40000,
         "dst_port": 80,
         "tcp_flags": "SYN|ACK",
+        "rewrite": None,
     }
 
 

@@ -247,7 +247,7 @@ def make_record(index=0, **overrides):
         "rule": 1, "vlan": 0, "eth_proto": 0x0800, "src_mac": bytes.fromhex("020000000001"),
         "dst_mac": bytes.fromhex("020000000002"), "ip_ver": 4, "proto": 6, "ttl": 64, "tcp_flags": 0x02,
         "src_port": 1024 + index, "dst_port": 80, "src_ip": bytes([203, 0, 113, index % 250]) + bytes(12),
-        "dst_ip": bytes([198, 51, 100, 7]) + bytes(12), "payload_len": 0, "flags": 0, "version": 1,
+        "dst_ip": bytes([198, 51, 100, 7]) + bytes(12), "payload_len": 0, "flags": 0, "version": 1, "rewrite": 0,
     }
     values.update(overrides)
     return _records.RECORD.pack(*values.values())
@@ -540,6 +540,7 @@ def test_agent_writes_records_follows_replacement_and_stops_cleanly(kernel, tmp_
     agent = subprocess.Popen(
         ["nsenter", "--target", str(kernel.pid), "--mount", "--", HOST_PYTHON, AGENT, "run",
          "--state-dir", str(state_dir), "--run-dir", str(run_dir), "--poll-interval", "0.02",
+         "--sink-dir", str(tmp_path / "log"),
          "--rescan-interval", "0.2", "--status-interval", "0.2"],
         stdout=agent_output, stderr=subprocess.STDOUT)
     status_path = run_dir / "agent-status.json"
@@ -629,6 +630,7 @@ def test_agent_forgets_a_removed_policy_and_idles(kernel, tmp_path):
     agent = subprocess.Popen(
         ["nsenter", "--target", str(kernel.pid), "--mount", "--", HOST_PYTHON, AGENT, "run",
          "--state-dir", str(state_dir), "--run-dir", str(run_dir), "--rescan-interval", "0.2",
+         "--sink-dir", str(tmp_path),
          "--status-interval", "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     status_path = run_dir / "agent-status.json"
     try:

@@ -4,7 +4,11 @@
 
 Each playbooks/policies/<stem>.yml is validated and rendered as the policy action plugin does
 (yaml.safe_load, list files relative to the policy file) and compared byte for byte with
-tests/unit/golden/<stem>.c, and its digests with tests/unit/golden/<stem>.digests.json. Any
+tests/unit/golden/<stem>.c, and its digests with tests/unit/golden/<stem>.digests.json; the
+policies of the Molecule rollout scenario (extensions/molecule/rollout/policies/<stem>.yml)
+likewise with tests/unit/golden/rollout-<stem>.*. The digests in these files are the
+independent expectation other tests compare with (test_policy_validate.py,
+test_validate_playbook.py, the rollout scenario's verify.yml). Any
 change of the template, the renderer or the validator's normalization shows up here as a
 diff to review. After reviewing it, regenerate:
 
@@ -29,7 +33,10 @@ from ansible_collections.bpfleet.core.plugins.plugin_utils import _render
 REPO = Path(__file__).resolve().parents[4]
 POLICY_DIR = REPO / "playbooks" / "policies"
 GOLDEN_DIR = REPO / "tests" / "unit" / "golden"
-POLICIES = sorted(POLICY_DIR.glob("*.yml")) + sorted(POLICY_DIR.glob("*.yaml"))
+# Policy directory -> prefix of its golden files.
+POLICY_DIRS = {POLICY_DIR: "", REPO / "extensions" / "molecule" / "rollout" / "policies": "rollout-"}
+POLICIES = [path for directory in POLICY_DIRS
+            for path in sorted(directory.glob("*.yml")) + sorted(directory.glob("*.yaml"))]
 UPDATE = os.environ.get("BPFLEET_UPDATE_GOLDEN", "") not in ("", "0")
 REGENERATE = "BPFLEET_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/plugins/plugin_utils/test_golden.py"
 DIFF_LINES = 80
@@ -44,7 +51,8 @@ def relative(path):
 
 
 def golden_files(policy):
-    return GOLDEN_DIR / (policy.stem + ".c"), GOLDEN_DIR / (policy.stem + ".digests.json")
+    stem = POLICY_DIRS[policy.parent] + policy.stem
+    return GOLDEN_DIR / (stem + ".c"), GOLDEN_DIR / (stem + ".digests.json")
 
 
 def render_policy(policy):
@@ -106,7 +114,7 @@ def test_there_are_policies_to_check():
     assert POLICIES, "no policy files in %s" % relative(POLICY_DIR)
 
 
-@pytest.mark.parametrize("policy", POLICIES, ids=lambda path: path.name)
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda path: golden_files(path)[0].stem + path.suffix)
 def test_rendered_policy_matches_golden_files(policy, record_property):
     rendered = render_policy(policy)
     c_file, digests_file = golden_files(policy)
@@ -136,4 +144,5 @@ def test_no_golden_file_without_its_policy():
             warnings.warn(GoldenFileUpdated("%s: deleted (no policy renders it)" % relative(path)), stacklevel=1)
         return
     pytest.fail("golden files without a policy in %s: %s\nRemove them, or run:\n    %s" % (
-        relative(POLICY_DIR), ", ".join(relative(path) for path in orphans), REGENERATE), pytrace=False)
+        " or ".join(relative(directory) for directory in POLICY_DIRS),
+        ", ".join(relative(path) for path in orphans), REGENERATE), pytrace=False)

@@ -2,7 +2,7 @@
 
 import copy
 
-from ansible_collections.bpfleet.core.plugins.module_utils import _policy
+from ansible_collections.bpfleet.core.plugins.module_utils import _contract, _policy
 from ansible_collections.bpfleet.core.plugins.plugin_utils import _render
 
 POLICY = {
@@ -67,7 +67,7 @@ def test_programs_follow_logged_directions():
 
 
 def test_manifest_matches_kernel_shapes():
-    maps = dict((m["name"], m) for m in _render.map_manifest())
+    maps = dict((m["name"], m) for m in _contract.map_specs())
     assert maps["deny_v4"]["key_size"] == 8 and maps["deny_v6"]["key_size"] == 20
-    assert maps["events"]["type"] == _render.MAP_TYPE_RINGBUF
+    assert maps["events"]["type"] == _contract.MAP_TYPE_RINGBUF
     assert maps["events"]["max_entries"] & (maps["events"]["max_entries"] - 1) == 0, "ring size: power of 2"
