@@ -125,10 +125,41 @@ def build(suite: str, cache: Path, mirror: str = DEFAULT_MIRROR) -> dict:
         return dict(_build(suite, mirror, key, inputs, target), image_dir=str(target), cached=False)
 
 
+def unmount_under(directory: Path) -> None:
+    """Unmount what a failed mmdebstrap left mounted in its rootfs (proc, sys, dev/pts, dev/shm).
+
+    Never delete a build directory before this: rmtree would walk into those mounts.
+    """
+    prefix = str(directory.resolve()) + "/"
+    with open("/proc/self/mounts") as handle:
+        points = [line.split()[1].replace("\\040", " ") for line in handle]
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", point], capture_output=True, check=False)
+        if os.path.ismount(point):
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    left = [p for p in points if p.startswith(prefix) and os.path.ismount(p)]
+    if left:
+        raise ImageError(f"cannot unmount {left}: remove {directory} by hand")
+
+
+def remove_build_dir(directory: Path) -> None:
+    if directory.exists():
+        unmount_under(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def _build(suite: str, mirror: str, key: Path, inputs: dict, target: Path) -> dict:
     work = target.with_name(target.name + ".building")
-    shutil.rmtree(work, ignore_errors=True)
+    remove_build_dir(work)
     work.mkdir(parents=True)
+    try:
+        return _build_in(suite, mirror, key, inputs, target, work)
+    except BaseException:
+        remove_build_dir(work)
+        raise
+
+
+def _build_in(suite: str, mirror: str, key: Path, inputs: dict, target: Path, work: Path) -> dict:
     rootdir = work / "rootfs"
     started = time.monotonic()
     progress(f"build {suite}: mmdebstrap from {mirror} ({len(PACKAGES)} packages and their dependencies)")

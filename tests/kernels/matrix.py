@@ -213,6 +213,8 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--suites", default=",".join(images.SUITES))
     parser.add_argument("--no-own", action="store_true", help="skip this machine's own kernel")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--no-rerun-role", action="store_true",
+                        help="on the guests, re-run only the policy (the role's re-run costs as much as its first run)")
     parser.add_argument("--parallel", type=int, default=int(os.environ.get("BPFLEET_KERNEL_PARALLEL", "1")),
                         help="guests booted at once (each takes 2 vCPUs and 2 GB; TCG is CPU-bound)")
     parser.add_argument("--cache", default=images.DEFAULT_CACHE)
@@ -229,7 +231,7 @@ def main(argv: list | None = None) -> int:
         if not args.no_own:
             results.append(run_own(fleet, workdir))
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-            futures = [pool.submit(run_guest, suite, fleet, workdir, Path(args.cache), index)
+            futures = [pool.submit(run_guest, suite, fleet, workdir, Path(args.cache), index, not args.no_rerun_role)
                        for index, suite in enumerate(suites, start=1)]
             results += [future.result() for future in futures]
     finally:
