@@ -138,11 +138,11 @@ def check(ansible: Ansible, label: str, target: str, target_ipv4: str, run_on_ta
     try:
         # 1. The host role, then the facts with the probed kernel features.
         started = time.monotonic()
-        _, recap, _ = ansible.play(target, [{"name": "host role", "ansible.builtin.include_role": {
+        _result, recap, _output = ansible.play(target, [{"name": "host role", "ansible.builtin.include_role": {
             "name": "bpfleet.core.host"}, "vars": {"bpfleet_host_headers": headers}}])
         phase("host_role", started)
         started = time.monotonic()
-        facts_result, _, _ = ansible.play(target, [facts_task()])
+        facts_result, _recap, _output = ansible.play(target, [facts_task()])
         kernel = facts_result[0]["ansible_facts"]["bpfleet"]["kernel"]
         phase("facts", started)
         result["kernel"] = kernel
@@ -157,7 +157,7 @@ def check(ansible: Ansible, label: str, target: str, target_ipv4: str, run_on_ta
         # 2. A kernel without a required feature: the policy must refuse it before any change.
         if kernel.get("unsupported"):
             started = time.monotonic()
-            outcome, _, _ = ansible.play(target, [policy_task(POLICY)], ignore_errors=True)
+            outcome, _recap, _output = ansible.play(target, [policy_task(POLICY)], ignore_errors=True)
             phase("policy_refused", started)
             message = (outcome[0] or {}).get("msg", "")
             result["refusal"] = message
@@ -170,7 +170,7 @@ def check(ansible: Ansible, label: str, target: str, target_ipv4: str, run_on_ta
 
         # 3. The policy: compile, verify, attach, log.
         started = time.monotonic()
-        outcome, _, _ = ansible.play(target, [policy_task(POLICY)])
+        outcome, _recap, _output = ansible.play(target, [policy_task(POLICY)])
         applied = outcome[0]
         phase("policy_apply", started)
         if not (applied.get("changed") and applied.get("compiled")):
@@ -196,7 +196,7 @@ def check(ansible: Ansible, label: str, target: str, target_ipv4: str, run_on_ta
                 any(r.get("src_ip") == allowed and r.get("action") == "pass" for r in records)
 
         arrived = wait_for(records_arrived, 60, 2)
-        facts_result, _, _ = ansible.play(target, [facts_task()])
+        facts_result, _recap, _output = ansible.play(target, [facts_task()])
         policy_facts = facts_result[0]["ansible_facts"]["bpfleet"]["policies"]["lab-edge"]
         counters = policy_facts["counters"]
         result["dropped"] = counters.get("dropped")
@@ -222,7 +222,7 @@ def check(ansible: Ansible, label: str, target: str, target_ipv4: str, run_on_ta
         started = time.monotonic()
         role = [{"name": "host role", "ansible.builtin.include_role": {"name": "bpfleet.core.host"},
                  "vars": {"bpfleet_host_headers": headers}}] if rerun_role else []
-        outcome, recap, _ = ansible.play(target, [*role, policy_task(POLICY)])
+        outcome, recap, _output = ansible.play(target, [*role, policy_task(POLICY)])
         phase("rerun" if rerun_role else "rerun_policy", started)
         result["rerun"] = {"changed": recap.get("changed"), "compiled": outcome[-1].get("compiled"),
                            "role": rerun_role}
@@ -234,7 +234,7 @@ def check(ansible: Ansible, label: str, target: str, target_ipv4: str, run_on_ta
             started = time.monotonic()
             native = copy.deepcopy(POLICY)
             native["xdp_mode"] = "native"
-            outcome, _, _ = ansible.play(target, [policy_task(native), facts_task()], ignore_errors=True)
+            outcome, _recap, _output = ansible.play(target, [policy_task(native), facts_task()], ignore_errors=True)
             phase("native_xdp", started)
             if outcome[0] and outcome[0].get("failed"):
                 result["native_xdp"] = {"attached": False, "error": outcome[0].get("msg")}

@@ -154,7 +154,7 @@ def yes_no(features: dict, name: str) -> str:
 
 
 def table(results: list) -> str:
-    header = ["kernel", "BCC", "headers"] + [title for _, title in COLUMNS] + ["native XDP", "result", "test time"]
+    header = ["kernel", "BCC", "headers"] + [title for _name, title in COLUMNS] + ["native XDP", "result", "test time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         features = r.get("features") or {}
@@ -168,7 +168,7 @@ def table(results: list) -> str:
             f"{r['label']}: {release}" if r.get("suite") != "own" else r["label"],
             str(r.get("bcc_version") or (r.get("image") or {}).get("bcc_version") or "?"),
             str(headers.get("kind", "?")),
-            *[yes_no(features, name) for name, _ in COLUMNS],
+            *[yes_no(features, name) for name, _title in COLUMNS],
             native_text, result_text, f"{r['timings'].get('total', 0):.0f} s",
         ]) + " |")
     return "\n".join(lines) + "\n"
