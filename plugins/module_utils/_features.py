@@ -31,7 +31,7 @@ from ansible_collections.bpfleet.core.plugins.module_utils import _bpf_syscall a
 from ansible_collections.bpfleet.core.plugins.module_utils import _contract
 
 # Bump when a probe changes meaning, so cached answers of an older probe set are not reused.
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 FEATURES_CACHE = "/var/lib/bpfleet/kernel-features.json"
 FEATURES_HEADER = "bpfleet_features.h"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -42,6 +42,7 @@ PROG_TYPE_NAMES = {PROG_TYPE_SCHED_CLS: "sched_cls", PROG_TYPE_XDP: "xdp"}
 
 MAP_TYPE_LRU_HASH = _contract.MAP_TYPE_LRU_HASH
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+_UNKNOWN_TEST_RUN_FLAG = 1 << 30
 
 # Helper ids of include/uapi/linux/bpf.h (stable ABI numbers).
 HELPERS = {
@@ -227,11 +228,18 @@ def _probe_live_frames():
     loaded, log, err = _load(PROG_TYPE_XDP, _return(_XDP_PASS))
     if not loaded:
         return False, "cannot load an XDP program: %s" % (log or os.strerror(err))
-    del log
     # Loading again to keep the descriptor: _load closes its own.
     fd, _log = bpf.prog_load(PROG_TYPE_XDP, _return(_XDP_PASS))
+    frame = b"\xff" * 12 + b"\x08\x00" + b"\x00" * 50
     try:
-        frame = b"\xff" * 12 + b"\x08\x00" + b"\x00" * 50
+        # Kernels before 5.18 ignore the flags of an XDP test run: a flag no kernel knows must
+        # be refused first, or "accepted" would mean nothing (5.10 accepted live frames so).
+        try:
+            bpf.prog_test_run_flags(fd, frame, _UNKNOWN_TEST_RUN_FLAG, repeat=1)
+        except bpf.BpfError:
+            pass
+        else:
+            return False, "this kernel ignores BPF_PROG_TEST_RUN flags for XDP programs (before 5.18)"
         bpf.prog_test_run_flags(fd, frame, BPF_F_TEST_XDP_LIVE_FRAMES, repeat=1)
         return True, ""
     except bpf.BpfError as error:
