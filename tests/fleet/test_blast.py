@@ -40,6 +40,7 @@ def expect_refusal_without_live_frames(mode, send):
         send()
     return True
 
+
 LAB = HERE / "bpfleet_lab.py"
 pytestmark = pytest.mark.integration
 
