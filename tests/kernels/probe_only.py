@@ -41,11 +41,11 @@ def main(argv: list | None = None) -> int:
             result["boot_seconds"] = round(vm.start(), 1)
             ansible = e2e.Ansible(fleet.inventory, {"vm4": vm.inventory_vars()}, workdir / "vm")
             started = time.monotonic()
-            facts, _, _ = ansible.play("vm4", [e2e.facts_task()])
+            facts, _recap, _output = ansible.play("vm4", [e2e.facts_task()])
             result["kernel"] = facts[0]["ansible_facts"]["bpfleet"]["kernel"]
             result["facts_seconds"] = round(time.monotonic() - started, 1)
             started = time.monotonic()
-            outcome, _, _ = ansible.play("vm4", [e2e.policy_task(e2e.POLICY)], ignore_errors=True)
+            outcome, _recap, _output = ansible.play("vm4", [e2e.policy_task(e2e.POLICY)], ignore_errors=True)
             policy = outcome[0] or {}
             result["policy"] = {"failed": policy.get("failed"), "stage": policy.get("stage"),
                                 "msg": policy.get("msg"), "changed": policy.get("changed"),
