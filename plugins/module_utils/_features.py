@@ -225,11 +225,10 @@ def _probe_file(path):
 
 
 def _probe_live_frames():
-    loaded, log, err = _load(PROG_TYPE_XDP, _return(_XDP_PASS))
-    if not loaded:
-        return False, "cannot load an XDP program: %s" % (log or os.strerror(err))
-    # Loading again to keep the descriptor: _load closes its own.
-    fd, _log = bpf.prog_load(PROG_TYPE_XDP, _return(_XDP_PASS))
+    try:
+        fd, _log = bpf.prog_load(PROG_TYPE_XDP, _return(_XDP_PASS))
+    except bpf.BpfError as error:
+        return False, "cannot load an XDP program: %s" % (getattr(error, "verifier_log", "") or error)
     frame = b"\xff" * 12 + b"\x08\x00" + b"\x00" * 50
     try:
         # Kernels before 5.18 ignore the flags of an XDP test run: a flag no kernel knows must
